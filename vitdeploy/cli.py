@@ -1,0 +1,145 @@
+"""The `vitdeploy` command line. Thin: parse, call the library, print a table."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vitdeploy.errors import BuildError, UserError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress, export, quantize and benchmark Vision Transformers for edge devices.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Fetch and cache datasets.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one red message and exit 2; failed build gates exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(e.exit_code) from None
+        except BuildError as e:
+            err.print(f"[bold red]build failed:[/] {e}", highlight=False)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted; no partial artifact was written")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _validate(recipe_path: Path):
+    """Schema, files, then the model name (needs timm): everything before any work starts."""
+    from vitdeploy.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe(recipe_path)
+    from vitdeploy.models import validate_model_name
+
+    try:
+        validate_model_name(recipe.model.name)
+    except UserError as e:
+        raise RecipeError(str(recipe_path), [str(e)]) from None
+    return recipe
+
+
+@app.command()
+@user_errors
+def check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
+    """Validate a recipe without running it."""
+    r = _validate(recipe)
+    table = Table(title=f"recipe {recipe}: valid", show_header=False)
+    table.add_row("model", f"{r.model.name} {r.model.overrides.model_dump(exclude_none=True)}")
+    table.add_row("weights", str(r.model.checkpoint or ("pretrained" if r.model.pretrained else "random init")))
+    table.add_row("data", f"{r.data.dataset} ({r.data.source or 'cache'})")
+    table.add_row("stages", ", ".join(s.stage for s in r.stages) or "none")
+    table.add_row(
+        "quantize", r.quantize.mode if r.quantize.mode == "none" else f"{r.quantize.mode} {r.quantize.format}"
+    )
+    table.add_row("output", str(r.output.dir / f"{r.artifact_name}.onnx"))
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def build(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+) -> None:
+    """Build a recipe: stages, ONNX export, optimize, quantize, evaluate, manifest."""
+    r = _validate(recipe)
+    from vitdeploy.pipeline import build as run_build
+    from vitdeploy.stages import resolve_device
+
+    manifest = run_build(r, recipe.resolve(), resolve_device(device))
+    out.print(summary_table(manifest))
+
+
+def summary_table(m: dict) -> Table:
+    table = Table(title=f"{m['name']}: built in {m['timings_s']['total']:.0f} s")
+    for col in ("artifact", "size", "top-1", "Δ vs fp32 onnx"):
+        table.add_column(col, justify="right" if col != "artifact" else "left")
+    top1 = m["evaluate"]["top1"]
+    ref = top1.get("onnx_fp32")
+    rows = [
+        ("PyTorch", None, top1.get("torch")),
+        ("ONNX FP32", m["artifacts"].get("fp32_onnx", m["artifacts"]["onnx"]), ref),
+    ]
+    if "onnx_int8" in top1:
+        rows.append(("ONNX INT8", m["artifacts"]["onnx"], top1["onnx_int8"]))
+    for label, rec, acc in rows:
+        if acc is None:
+            continue
+        size = f"{rec['bytes'] / 1e6:.2f} MB" if rec else ""
+        delta = f"{100 * (acc - ref):+.2f} pt" if ref is not None else ""
+        table.add_row(f"{label} {rec['file'] if rec else ''}", size, f"{acc:.2%}", delta)
+    table.caption = (
+        f"{m['evaluate']['images']} {m['evaluate']['split']} images · parity top-1 "
+        f"{m['export']['parity']['top1_agreement']:.2%} · peak RSS {m['peak_rss_mb']:.0f} MB"
+    )
+    return table
+
+
+@data_app.command("get")
+@user_errors
+def data_get(
+    name: Annotated[str, typer.Argument(help="'cifar10', or a name for an ImageFolder source")],
+    from_: Annotated[Path | None, typer.Option("--from", help="local archive or folder to import")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="default: $VITDEPLOY_CACHE or ~/.cache/vitdeploy")] = None,
+) -> None:
+    """Decode a dataset once into the cache (download CIFAR-10 when online)."""
+    from vitdeploy.data import DataStore
+
+    store = DataStore(cache_dir)
+    if from_ is not None:
+        meta = store.import_source(name, from_)
+    elif name == "cifar10":
+        meta = store.download_cifar10()
+    else:
+        raise UserError(f"no download is known for '{name}'; import it with --from PATH")
+    splits = ", ".join(f"{k}: {v}" for k, v in meta["splits"].items())
+    out.print(f"[green]{name}[/] cached in {store.folder(name)} ({splits}; {len(meta['classes'])} classes)")
+
+
+def main() -> None:
+    app(prog_name="vitdeploy")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

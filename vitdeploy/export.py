@@ -1,0 +1,82 @@
+"""PyTorch -> ONNX export with a dynamic batch axis, and the ONNX-vs-PyTorch parity check."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from vitdeploy.data import ImageSet, batches, preprocess
+from vitdeploy.evaluate import onnx_logits, torch_logits
+from vitdeploy.models import split_qkv
+from vitdeploy.recipe import ExportSpec, Preprocess
+from vitdeploy.storage import atomic_path
+
+INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
+
+
+def export_onnx(model: nn.Module, spec: ExportSpec, img_size: int, target: Path) -> Path:
+    """Export `model` (left unchanged) to `target`, atomically, as a single self-contained file."""
+    model = copy.deepcopy(model).cpu().eval()
+    if spec.split_qkv:
+        split_qkv(model)
+    example = torch.randn(spec.trace_batch, 3, img_size, img_size)
+    with atomic_path(target) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if spec.exporter == "dynamo":
+            dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if spec.dynamic_batch else None
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=spec.opset, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, external_data=False, verbose=False,
+            )  # fmt: skip
+            program.save(str(tmp), external_data=False)
+        else:
+            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if spec.dynamic_batch else None
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=False, opset_version=spec.opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+            )  # fmt: skip
+        onnx.checker.check_model(str(tmp))
+    return target
+
+
+@dataclass(frozen=True)
+class Parity:
+    samples: int
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    top1_agreement: float
+    batch_sizes_checked: list[int]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_parity(
+    model: nn.Module, onnx_path: Path, images: ImageSet, pre: Preprocess, img_size: int, batch_size: int = 32
+) -> Parity:
+    """Run real images through PyTorch and ONNX Runtime; compare logits and top-1.
+
+    The batch size differs from the export's trace batch, so a baked-in batch shows up here.
+    """
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    device = next(model.parameters()).device
+    max_diff, sum_diff, agree, n, sizes = 0.0, 0.0, 0, 0, set()
+    for x_u8, _ in batches(images, batch_size):
+        x = preprocess(x_u8, pre, img_size)
+        ref = torch_logits(model, x, device)
+        out = onnx_logits(session, x)
+        diff = np.abs(ref - out)
+        max_diff = max(max_diff, float(diff.max()))
+        sum_diff += float(diff.mean()) * len(x)
+        agree += int((ref.argmax(1) == out.argmax(1)).sum())
+        n += len(x)
+        sizes.add(len(x))
+    return Parity(n, max_diff, sum_diff / n, agree / n, sorted(sizes))

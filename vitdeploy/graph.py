@@ -1,0 +1,54 @@
+"""Facts about an ONNX graph: op counts, parameters, how much of the weight is INT8. Torch-free."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
+QUANT_OPS = (
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "MatMulInteger",
+    "QAttention", "QGemm", "DynamicQuantizeMatMul", "QLinearConv", "ConvInteger", "QLinearAdd",
+    "QLinearMul", "QLinearSoftmax",
+)  # fmt: skip
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return {k: v for k, v in op_counts(model).items() if k in QUANT_OPS}
+
+
+def weight_stats(model: onnx.ModelProto) -> dict[str, float | int]:
+    """Parameter count (initializer elements) and the share of them stored as 8-bit integers.
+
+    Scales and zero points are counted too; they are a rounding error beside the weights.
+    """
+    total = int8 = 0
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if init.dims else 1
+        total += n
+        if init.data_type in INT8_TYPES:
+            int8 += n
+    return {"parameters": total, "int8_parameters": int8, "int8_share": int8 / total if total else 0.0}
+
+
+def activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMul nodes whose both inputs are activations (attention q k^T and attn v)."""
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        n.name for n in model.graph.node
+        if n.op_type == "MatMul" and not any(i in weights for i in n.input)
+    ]  # fmt: skip
+
+
+def output_producers(model: onnx.ModelProto) -> list[str]:
+    """Nodes that write a graph output: for a classifier, the head."""
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if outputs & set(n.output)]

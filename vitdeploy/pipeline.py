@@ -1,0 +1,248 @@
+"""Runs a recipe: stages in PyTorch, export, optimize, quantize, evaluate, manifest.
+
+Intermediate files live in `<output.dir>/.work/<name>/`; stage outputs there are reused
+when the model, its weights and the stages so far are unchanged. Final artifacts are
+renamed into `<output.dir>` only after every gate passed, and the manifest is written last,
+so a failed or interrupted build leaves no half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import platform
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from vitdeploy import __version__
+from vitdeploy.data import ImageSet, load_split, preprocess
+from vitdeploy.errors import BuildError
+from vitdeploy.evaluate import onnx_accuracy, torch_accuracy
+from vitdeploy.export import INPUT_NAME, check_parity, export_onnx
+from vitdeploy.models import count_parameters, create_model, load_weights, save_weights
+from vitdeploy.optimize import optimize_transformer
+from vitdeploy.progress import console
+from vitdeploy.quantize import ArrayCalibrationReader, quantize_model
+from vitdeploy.recipe import Recipe
+from vitdeploy.stages import StageContext, get_stage
+from vitdeploy.storage import sha256_file, write_json_atomic
+
+
+def work_dir(recipe: Recipe) -> Path:
+    return recipe.output.dir / ".work" / recipe.artifact_name
+
+
+def stage_key(recipe: Recipe, upto: int) -> str:
+    """Identity of the model after stage `upto`: the model spec, its weights, the stages so far."""
+    h = hashlib.sha256(recipe.model.model_dump_json().encode())
+    if recipe.model.checkpoint:
+        h.update(sha256_file(recipe.model.checkpoint).encode())
+    for cfg in recipe.stages[: upto + 1]:
+        h.update(cfg.model_dump_json().encode())
+    return h.hexdigest()[:12]
+
+
+def run_stages(recipe: Recipe, device: torch.device) -> tuple[nn.Module, StageContext]:
+    """Apply the recipe's stages in order, reusing a stage's saved output when it is current."""
+    model = create_model(recipe.model)
+    ctx = StageContext(recipe=recipe, device=device, work_dir=work_dir(recipe))
+    for i, cfg in enumerate(recipe.stages):
+        ctx.work_dir = work_dir(recipe) / f"{i}-{cfg.stage}-{stage_key(recipe, i)}"
+        cached = ctx.work_dir / "model.safetensors"
+        if cached.is_file():
+            # Architecture-changing stages (pruning) will store their shapes beside the weights.
+            load_weights(model, cached)
+            console.print(f"[cyan]stage {cfg.stage}: reusing {cached}")
+            continue
+        model = get_stage(cfg.stage)(model, ctx, cfg)
+        save_weights(model, cached)
+    return model.eval(), ctx
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+
+
+def environment() -> dict:
+    import onnx
+    import onnxruntime
+    import timm
+
+    from vitdeploy.quantize import cpu_has_vnni
+
+    return {
+        "vitdeploy": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_vnni": cpu_has_vnni(),
+    }
+
+
+def file_record(path: Path) -> dict:
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
+    """Build the recipe's artifacts; returns the manifest (also written beside them)."""
+    started = time.perf_counter()
+    timer = Timer()
+    work = work_dir(recipe)
+    work.mkdir(parents=True, exist_ok=True)
+    name, out = recipe.artifact_name, recipe.output.dir
+    pre = recipe.data.preprocess
+
+    with timer.step("stages"):
+        model, ctx = run_stages(recipe, device)
+    img_size = model.patch_embed.img_size[0]
+    with timer.step("data"):
+        eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
+
+    with timer.step("export"):
+        raw = export_onnx(model, recipe.export, img_size, work / "export.onnx")
+        parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
+        parity_raw = check_parity(model, raw, parity_set, pre, img_size)
+
+    fp32 = work / "fp32.onnx"
+    optimize_report = None
+    with timer.step("optimize"):
+        if recipe.optimize.enabled:
+            fuse = recipe.optimize.fuse_attention
+            fuse = recipe.quantize.mode != "static" if fuse == "auto" else fuse
+            heads = model.blocks[0].attn.num_heads
+            optimize_report = optimize_transformer(raw, fp32, recipe.optimize, heads, model.embed_dim, fuse)
+        else:
+            shutil.copyfile(raw, fp32)
+        parity = check_parity(model, fp32, parity_set, pre, img_size)
+    if parity.top1_agreement < recipe.export.min_top1_agreement:
+        raise BuildError(
+            f"ONNX parity failed: top-1 agreement {parity.top1_agreement:.2%} < "
+            f"{recipe.export.min_top1_agreement:.2%} (max |logit diff| {parity.max_abs_logit_diff:.3g}); "
+            "no artifact written"
+        )
+
+    int8, quantize_report = None, None
+    if recipe.quantize.mode != "none":
+        with timer.step("quantize"):
+            reader = None
+            if recipe.quantize.mode == "static":
+                cal = recipe.quantize.calibration
+                cal_set = load_split(recipe.data, cal.split).subset(cal.samples, seed=2)
+                reader = ArrayCalibrationReader(INPUT_NAME, preprocess(cal_set.images, pre, img_size), cal.batch_size)
+            int8 = work / "int8.onnx"
+            quantize_report = quantize_model(fp32, int8, recipe.quantize, reader)
+
+    with timer.step("evaluate"):
+        top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
+    if int8 is not None and recipe.quantize.max_accuracy_drop is not None:
+        drop = 100 * (top1["onnx_fp32"] - top1["onnx_int8"])
+        if drop > recipe.quantize.max_accuracy_drop:
+            raise BuildError(
+                f"INT8 lost {drop:.2f} top-1 points (> quantize.max_accuracy_drop "
+                f"{recipe.quantize.max_accuracy_drop}); no artifact written"
+            )
+
+    # Every gate passed: publish. Renames are atomic; the manifest goes last.
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict] = {}
+    final = out / f"{name}.onnx"
+    if int8 is not None:
+        os.replace(fp32, out / f"{name}.fp32.onnx")
+        os.replace(int8, final)
+        files["fp32_onnx"] = file_record(out / f"{name}.fp32.onnx")
+    else:
+        os.replace(fp32, final)
+    files["onnx"] = file_record(final)
+    if recipe.stages:
+        save_weights(model, out / f"{name}.safetensors")
+        files["torch"] = file_record(out / f"{name}.safetensors")
+
+    manifest = {
+        "name": name,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "recipe": {
+            "path": str(recipe_path),
+            "sha256": recipe.digest(),
+            "file_sha256": sha256_file(recipe_path) if recipe_path.is_file() else None,
+            "resolved": recipe.model_dump(mode="json"),
+        },
+        "source": {
+            "model": recipe.model.name,
+            "overrides": recipe.model.overrides.model_dump(exclude_none=True),
+            "pretrained": recipe.model.pretrained,
+            "checkpoint": str(recipe.model.checkpoint) if recipe.model.checkpoint else None,
+            "checkpoint_sha256": sha256_file(recipe.model.checkpoint) if recipe.model.checkpoint else None,
+            "parameters": count_parameters(model),
+        },
+        "preprocess": {
+            "input_name": INPUT_NAME,
+            "layout": "NCHW",
+            "img_size": img_size,
+            "scale": "1/255",
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "interpolation": pre.interpolation,
+            "classes": list(eval_set.classes),
+        },
+        "artifacts": files,
+        "export": {
+            "exporter": recipe.export.exporter,
+            "opset": recipe.export.opset,
+            "split_qkv": recipe.export.split_qkv,
+            "dynamic_batch": recipe.export.dynamic_batch,
+            "parity_exported": parity_raw.as_dict(),
+            "parity": parity.as_dict(),
+        },
+        "optimize": optimize_report,
+        "quantize": quantize_report,
+        "evaluate": {"split": recipe.data.eval_split, "images": len(eval_set), "top1": top1},
+        "stages": [
+            {"stage": cfg.stage, "config": cfg.model_dump()}
+            | ({"report": ctx.report[cfg.stage]} if cfg.stage in ctx.report else {})
+            for cfg in recipe.stages
+        ],
+        "sizes_bytes": {k: v["bytes"] for k, v in files.items()},
+        "timings_s": timer.seconds | {"total": round(time.perf_counter() - started, 2)},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "environment": environment(),
+    }
+    write_json_atomic(out / f"{name}.json", manifest)
+    return manifest
+
+
+def evaluate_all(
+    recipe: Recipe, model: nn.Module, device: torch.device, eval_set: ImageSet, fp32: Path, int8: Path | None
+) -> dict[str, float]:
+    """Top-1 of the PyTorch model and each ONNX file on the same images."""
+    bs = recipe.evaluate.batch_size
+    pre = recipe.data.preprocess
+    top1: dict[str, float] = {}
+    if recipe.evaluate.torch:
+        top1["torch"] = torch_accuracy(model, eval_set, pre, device, bs)
+    for key, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+        if path is not None:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            top1[key] = onnx_accuracy(session, eval_set, pre, bs, label=key)
+    return top1

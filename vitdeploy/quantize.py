@@ -1,0 +1,162 @@
+"""ONNX Runtime INT8 quantization, dynamic and static, configured by the recipe.
+
+The default quantizes only weight-bearing MatMul/Gemm nodes: Softmax outputs, LayerNorm
+inputs, GELU outputs and residual Adds stay FP32 because their ranges ruin 8-bit ViTs, and
+the activation x activation attention MatMuls (q k^T, attn v) are excluded because static
+QDQ would quantize the Softmax between them (measured 10.3 ms vs 1.6 ms on vit_base b1).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from vitdeploy.graph import activation_matmuls, output_producers, quantized_op_counts, weight_stats
+from vitdeploy.recipe import QuantizeSpec
+from vitdeploy.storage import atomic_path
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+
+
+class ArrayCalibrationReader(CalibrationDataReader):
+    """Feeds preprocessed float32 NCHW batches to ORT's calibrator; rewindable."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
+        self.input_name, self.images, self.batch_size = input_name, images, batch_size
+        self._it = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self.images), self.batch_size):
+            yield {self.input_name: self.images[start : start + self.batch_size]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._batches()
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+
+@functools.cache
+def cpu_has_vnni() -> bool:
+    """VNNI (AVX512-VNNI or AVX-VNNI) makes U8S8 dot products exact; without it they can saturate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def resolve_reduce_range(spec: QuantizeSpec) -> bool:
+    return (not cpu_has_vnni()) if spec.reduce_range == "auto" else bool(spec.reduce_range)
+
+
+def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
+    excluded = set(spec.exclude_nodes)
+    if spec.weights_only_matmul:
+        excluded.update(activation_matmuls(model))
+    if spec.keep_classifier_fp32:
+        excluded.update(output_producers(model))
+    excluded.update(n.name for n in model.graph.node if n.op_type in spec.exclude_op_types)
+    return sorted(excluded)
+
+
+def quantize_model(
+    source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None = None
+) -> dict:
+    """Quantize `source` into `target` atomically; return what was done, for the manifest."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        # Symbolic shape inference types the tensors around ORT's fused contrib ops
+        # (SkipLayerNormalization, BiasGelu, Attention); without it the quantizer skips
+        # every MatMul that follows one of them.
+        typed = Path(tmpdir) / "typed.onnx"
+        quant_pre_process(str(source), str(typed), skip_optimization=True, auto_merge=True)
+        logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
+        return _quantize(typed, target, spec, calibration)
+
+
+def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None) -> dict:
+    model = onnx.load(str(source))
+    excluded = nodes_to_exclude(model, spec)
+    op_types = [t for t in spec.op_types if t not in spec.exclude_op_types]
+    reduce_range = resolve_reduce_range(spec)
+    with atomic_path(target) as tmp:
+        if spec.mode == "dynamic":
+            quantize_dynamic(
+                str(source),
+                str(tmp),
+                op_types_to_quantize=op_types,
+                per_channel=spec.per_channel,
+                reduce_range=reduce_range,
+                weight_type=QUANT_TYPES[spec.weight_type],
+                nodes_to_exclude=excluded,
+            )
+        elif spec.mode == "static":
+            if calibration is None:
+                raise ValueError("static quantization needs calibration data")
+            quantize_static(
+                str(source),
+                str(tmp),
+                calibration,
+                quant_format=FORMATS[spec.format],
+                op_types_to_quantize=op_types,
+                per_channel=spec.per_channel,
+                reduce_range=reduce_range,
+                activation_type=QUANT_TYPES[spec.activation_type],
+                weight_type=QUANT_TYPES[spec.weight_type],
+                nodes_to_exclude=excluded,
+                calibrate_method=CALIBRATION_METHODS[spec.calibration.method],
+                extra_options=_calibration_options(spec),
+            )
+        else:
+            raise ValueError(f"nothing to quantize in mode {spec.mode!r}")
+        quantized = onnx.load(str(tmp))
+    return {
+        "mode": spec.mode,
+        "format": spec.format if spec.mode == "static" else "qoperator",
+        "op_types": op_types,
+        "excluded_nodes": excluded,
+        "per_channel": spec.per_channel,
+        "reduce_range": reduce_range,
+        "reduce_range_reason": "cpu lacks VNNI"
+        if spec.reduce_range == "auto" and reduce_range
+        else str(spec.reduce_range),
+        "activation_type": "uint8" if spec.mode == "dynamic" else spec.activation_type,
+        "weight_type": spec.weight_type,
+        "calibration": spec.calibration.model_dump() | {"images": len(calibration.images)} if calibration else None,
+        "quantized_ops": quantized_op_counts(quantized),
+        "weights": weight_stats(quantized),
+    }
+
+
+def _calibration_options(spec: QuantizeSpec) -> dict:
+    cal = spec.calibration
+    options: dict = {}
+    if cal.method == "percentile":
+        options["CalibPercentile"] = cal.percentile
+    if cal.method == "minmax" and cal.max_intermediate_outputs:
+        options["CalibMaxIntermediateOutputs"] = cal.max_intermediate_outputs
+    return options

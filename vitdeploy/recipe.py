@@ -1,0 +1,328 @@
+"""The recipe schema: one YAML file describes one deployable model.
+
+This module is the single source of truth for every option. It imports no torch, so
+`vitdeploy check` is fast. Stage configurations form a discriminated union on the `stage`
+key: a new compression stage adds one config class here (and registers its function in
+`vitdeploy.stages`), and the recipe's `stages:` list maps straight to code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vitdeploy.errors import RecipeError
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ---------------------------------------------------------------- model
+
+
+class ModelOverrides(Section):
+    """Architecture overrides passed to `timm.create_model`."""
+
+    img_size: int | None = Field(None, gt=0)
+    patch_size: int | None = Field(None, gt=0)
+    num_classes: int | None = Field(None, gt=0)
+    embed_dim: int | None = Field(None, gt=0)
+    depth: int | None = Field(None, gt=0)
+    num_heads: int | None = Field(None, gt=0)
+    mlp_ratio: float | None = Field(None, gt=0)
+    drop_path_rate: float | None = Field(None, ge=0, lt=1)
+    class_token: bool | None = None
+    global_pool: Literal["token", "avg"] | None = None
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelOverrides:
+        if self.embed_dim and self.num_heads and self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.img_size and self.patch_size and self.img_size % self.patch_size:
+            raise ValueError(f"img_size ({self.img_size}) must be divisible by patch_size ({self.patch_size})")
+        return self
+
+
+class ModelSpec(Section):
+    name: str = Field(description="timm model name of the VisionTransformer family")
+    overrides: ModelOverrides = ModelOverrides()
+    pretrained: bool = False
+    checkpoint: Path | None = Field(None, description="safetensors or torch state dict")
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> ModelSpec:
+        if self.pretrained and self.checkpoint:
+            raise ValueError("give either pretrained: true or a checkpoint, not both")
+        return self
+
+
+# ---------------------------------------------------------------- data
+
+
+class Preprocess(Section):
+    """Stored in the manifest: a mismatch here is the classic 'ONNX lost 7 points'."""
+
+    mean: tuple[float, float, float] = CIFAR10_MEAN
+    std: tuple[float, float, float] = CIFAR10_STD
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("every std must be > 0")
+        return v
+
+
+class DataSpec(Section):
+    dataset: str = Field("cifar10", description="'cifar10' or any name for an ImageFolder")
+    source: Path | None = Field(
+        None, description="archive or folder; omit to use the cache filled by `vitdeploy data get`"
+    )
+    train_split: str = "train"
+    eval_split: str = "test"
+    preprocess: Preprocess = Preprocess()
+    cache_dir: Path | None = None
+
+
+# ---------------------------------------------------------------- stages
+
+
+class FinetuneConfig(Section):
+    stage: Literal["finetune"] = "finetune"
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    augment: Literal["none", "flip_crop", "randaugment"] = "flip_crop"
+    randaugment_ops: int = Field(2, ge=0)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mixup_alpha: float = Field(0.0, ge=0)
+    train_samples: int | None = Field(None, gt=0, description="subset size; default all")
+    eval_samples: int | None = Field(2000, gt=0, description="held-out images scored per epoch")
+    amp: bool = Field(True, description="bf16/fp16 autocast on CUDA; ignored on CPU")
+    seed: int = 0
+    num_threads: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> FinetuneConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) exceeds lr ({self.lr})")
+        return self
+
+
+# Every stage config class. Later stages (distill, prune, nystrom) are added here.
+STAGE_CONFIGS: tuple[type[Section], ...] = (FinetuneConfig,)
+StageConfig = Annotated[Union[STAGE_CONFIGS], Field(discriminator="stage")]  # noqa: UP007
+
+
+# ---------------------------------------------------------------- ONNX steps
+
+
+class ExportSpec(Section):
+    exporter: Literal["torchscript", "dynamo"] = Field(
+        "torchscript",
+        description="torchscript: ~7 s and fusion-friendly; dynamo: torch.export-based, ~15x slower",
+    )
+    opset: int = Field(17, ge=17, le=23, description=">= 17 gives a single LayerNormalization op")
+    dynamic_batch: bool = True
+    trace_batch: int = Field(2, ge=2, description="batch >= 2 so no exporter can bake in batch 1")
+    split_qkv: bool = Field(True, description="separate q/k/v Linears so ORT fuses Attention")
+    parity_samples: int = Field(256, gt=0)
+    min_top1_agreement: float = Field(0.995, gt=0, le=1)
+
+
+class OptimizeSpec(Section):
+    enabled: bool = True
+    model_type: Literal["vit"] = "vit"
+    fuse_attention: bool | Literal["auto"] = Field(
+        "auto",
+        description="auto: fuse unless quantizing statically (static INT8 cannot quantize a "
+        "fused Attention, so its q/k/v projections would stay FP32)",
+    )
+    opt_level: Literal[0, 1, 2, 99] = Field(0, description="ORT graph level applied at save time")
+
+
+class CalibrationSpec(Section):
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = Field(256, gt=0)
+    split: str = Field("train", description="must differ from the evaluation split")
+    percentile: float = Field(99.999, gt=90, le=100)
+    batch_size: int = Field(32, gt=0)
+    max_intermediate_outputs: int | None = Field(8, gt=0, description="bounds MinMax calibration memory")
+
+
+class QuantizeSpec(Section):
+    mode: Literal["none", "dynamic", "static"] = "static"
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto", description="auto: on when the CPU lacks VNNI (U8S8 can saturate there)"
+    )
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    op_types: list[str] = Field(
+        default_factory=lambda: ["MatMul", "Gemm"],
+        description="ops to quantize; the default leaves Softmax/LayerNorm/GELU/Add in FP32",
+    )
+    weights_only_matmul: bool = Field(True, description="skip activation x activation MatMuls (attention scores)")
+    keep_classifier_fp32: bool = Field(
+        True, description="leave the node producing the logits in FP32 (tiny; errors there count most)"
+    )
+    exclude_nodes: list[str] = []
+    exclude_op_types: list[str] = []
+    calibration: CalibrationSpec = CalibrationSpec()
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, description="fail the build if INT8 top-1 drops more (points) than this"
+    )
+
+
+class EvaluateSpec(Section):
+    samples: int | None = Field(None, gt=0, description="evaluation images; default: the split")
+    torch: bool = True
+    batch_size: int = Field(64, gt=0)
+
+
+class OutputSpec(Section):
+    dir: Path = Path("../artifacts")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+# ---------------------------------------------------------------- recipe
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    stages: list[StageConfig] = []
+    export: ExportSpec = ExportSpec()
+    optimize: OptimizeSpec = OptimizeSpec()
+    quantize: QuantizeSpec = QuantizeSpec(mode="none")
+    evaluate: EvaluateSpec = EvaluateSpec()
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _calibration_is_held_out(self) -> Recipe:
+        q = self.quantize
+        if q.mode == "static" and q.calibration.split == self.data.eval_split:
+            raise ValueError(
+                f"quantize.calibration.split '{q.calibration.split}' is the evaluation split; "
+                "calibration images must be distinct from evaluation images"
+            )
+        return self
+
+    @property
+    def artifact_name(self) -> str:
+        return self.output.name or self.name
+
+    def digest(self) -> str:
+        """sha256 of the normalized recipe: equal recipes hash equal whatever their layout."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Make recipe paths absolute, relative to the recipe file's folder."""
+
+    def rel(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+
+    recipe.model.checkpoint = rel(recipe.model.checkpoint)
+    recipe.data.source = rel(recipe.data.source)
+    recipe.data.cache_dir = rel(recipe.data.cache_dir)
+    recipe.output.dir = rel(recipe.output.dir)  # type: ignore[assignment]
+    return recipe
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Walk the schema along an error location to list the keys allowed there."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                stage = next((c for c in STAGE_CONFIGS if c.model_fields["stage"].default == part), None)
+                current = stage
+                continue
+            ann = field.annotation
+            args = getattr(ann, "__args__", ())
+            current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Recipe, e["loc"])
+            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "union_tag_invalid":
+            names = ", ".join(c.model_fields["stage"].default for c in STAGE_CONFIGS)
+            msg = f"unknown stage {e['input'].get('stage')!r}; allowed stages: {names}"
+        elif e["type"] == "union_tag_not_found":
+            names = ", ".join(c.model_fields["stage"].default for c in STAGE_CONFIGS)
+            msg = f"each stage needs a 'stage:' key naming one of: {names}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        problems.append(f"{loc}: {msg}")
+    return problems
+
+
+def parse_recipe(data: Any, path: str | Path = "<recipe>", base: Path | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), ["(top level): a recipe is a YAML mapping of sections"])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(str(path), format_validation_error(err)) from None
+    return _resolve_paths(recipe, base or Path.cwd())
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, validate and resolve a recipe; every user error becomes a RecipeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["(file): no such recipe file"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(str(path), [f"(yaml): {err}"]) from None
+    recipe = parse_recipe(data, path, base=path.parent.resolve())
+    missing = []
+    if recipe.model.checkpoint and not recipe.model.checkpoint.is_file():
+        missing.append(f"model.checkpoint: file not found: {recipe.model.checkpoint}")
+    if recipe.data.source and not recipe.data.source.exists():
+        missing.append(f"data.source: not found: {recipe.data.source}")
+    if missing:
+        raise RecipeError(str(path), missing)
+    return recipe
