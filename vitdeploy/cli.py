@@ -33,10 +33,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except BuildError as e:
-            err.print(f"[bold red]build failed:[/] {e}", highlight=False)
+            err.print(f"[bold red]build failed:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted; no partial artifact was written")
@@ -69,9 +69,7 @@ def check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
     table.add_row("weights", str(r.model.checkpoint or ("pretrained" if r.model.pretrained else "random init")))
     table.add_row("data", f"{r.data.dataset} ({r.data.source or 'cache'})")
     table.add_row("stages", ", ".join(s.stage for s in r.stages) or "none")
-    table.add_row(
-        "quantize", r.quantize.mode if r.quantize.mode == "none" else f"{r.quantize.mode} {r.quantize.format}"
-    )
+    table.add_row("quantize", r.quantize.mode if r.quantize.mode == "none" else f"{r.quantize.mode} {r.quantize.format}")
     table.add_row("output", str(r.output.dir / f"{r.artifact_name}.onnx"))
     out.print(table)
 
@@ -114,6 +112,73 @@ def summary_table(m: dict) -> Table:
         f"{m['export']['parity']['top1_agreement']:.2%} · peak RSS {m['peak_rss_mb']:.0f} MB"
     )
     return table
+
+
+def _expand(models: list[str]) -> list[Path]:
+    """Shell-style globs work even when the shell did not expand them (quoted, or on Windows)."""
+    import glob
+
+    paths: list[Path] = []
+    for m in models:
+        hits = sorted(glob.glob(m)) if any(c in m for c in "*?[") else [m]
+        paths.extend(Path(h) for h in hits)
+    return [p for p in dict.fromkeys(paths) if not p.name.startswith(".")]
+
+
+@app.command()
+@user_errors
+def bench(
+    models: Annotated[list[str], typer.Argument(help="ONNX files or globs")],
+    provider: Annotated[str, typer.Option(help="comma list of cpu, cuda, tensorrt")] = "cpu",
+    batch: Annotated[str, typer.Option(help="comma list of batch sizes")] = "1",
+    threads: Annotated[str, typer.Option(help="intra-op threads: N, a comma list, or 'sweep' (1, 2, all)")] = "",
+    warmup: Annotated[int, typer.Option(min=0)] = 10,
+    duration: Annotated[float | None, typer.Option(help="seconds of timed runs per cell")] = 5.0,
+    iters: Annotated[int | None, typer.Option(min=1, help="exact timed runs per cell (overrides --duration)")] = None,
+    min_iters: Annotated[int, typer.Option(min=1, help="at least this many timed runs")] = 100,
+    data: Annotated[str | None, typer.Option(help="top-1 on a cached split (cifar10:test) or an ImageFolder split")] = None,
+    include_copies: Annotated[bool, typer.Option(help="GPU: time host<->device copies too")] = False,
+    baseline: Annotated[str | None, typer.Option(help="model to compare against")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="write results as CSV")] = None,
+) -> None:
+    """Measure throughput, latency, memory and size of ONNX models (no PyTorch needed)."""
+    from vitdeploy import bench as B
+
+    try:
+        batches = tuple(int(b) for b in batch.split(","))
+        thread_list = B.thread_sweep(threads)
+    except ValueError:
+        raise UserError(f"--batch {batch!r} / --threads {threads!r}: expected integers (or 'sweep')") from None
+    if min(batches) < 1:
+        raise UserError("--batch: sizes must be >= 1")
+    paths = _expand(models)
+    if not paths:
+        raise UserError(f"no model matches {' '.join(models)}")
+    cfg = B.BenchConfig(
+        providers=tuple(p.strip() for p in provider.split(",")), batches=batches, threads=thread_list,
+        warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, include_copies=include_copies,
+    )  # fmt: skip
+    from vitdeploy.progress import progress_bar
+
+    with progress_bar() as bar:
+        results = B.run_grid(paths, cfg, bar)
+        if data is not None:
+            B.add_accuracy(results, paths, data, bar)
+    B.add_ratios(results, baseline)
+    out.print(B.results_table(results))
+    for r in results:
+        if r.error:
+            err.print(f"[red]{r.model}[/] ({r.provider}, batch {r.batch}): {r.error}", highlight=False)
+    report = {"environment": B.environment(cfg), "results": [r.as_row() for r in results]}
+    if json_out:
+        from vitdeploy.storage import write_json_atomic
+
+        write_json_atomic(json_out, report)
+    if csv_out:
+        B.write_csv(csv_out, results)
+    if all(r.error for r in results):
+        raise typer.Exit(1)
 
 
 @data_app.command("get")

@@ -288,9 +288,7 @@ def preprocess(images: np.ndarray, spec: Preprocess, size: int | None = None) ->
     """
     if size is not None and images.shape[1:3] != (size, size):
         resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-        images = np.stack(
-            [np.asarray(Image.fromarray(im).resize((size, size), resample[spec.interpolation])) for im in images]
-        )
+        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), resample[spec.interpolation])) for im in images])
     x = images.astype(np.float32) / 255.0
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

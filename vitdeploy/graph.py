@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -52,3 +53,34 @@ def output_producers(model: onnx.ModelProto) -> list[str]:
     """Nodes that write a graph output: for a classifier, the head."""
     outputs = {o.name for o in model.graph.output}
     return [n.name for n in model.graph.node if outputs & set(n.output)]
+
+
+PREPROCESS_KEY = "vitdeploy.preprocess"
+
+
+def write_preprocess(model: onnx.ModelProto, preprocess: dict) -> None:
+    """Store the preprocessing inside the ONNX file, so the artifact describes its own input."""
+    for prop in list(model.metadata_props):
+        if prop.key == PREPROCESS_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=PREPROCESS_KEY, value=json.dumps(preprocess, sort_keys=True))
+
+
+def stamp_preprocess(path, preprocess: dict) -> None:
+    from vitdeploy.storage import atomic_path
+
+    model = onnx.load(str(path))
+    write_preprocess(model, preprocess)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def read_preprocess(model: onnx.ModelProto):
+    """(Preprocess, img_size) from the file's metadata; CIFAR-10 defaults if it has none."""
+    from vitdeploy.recipe import Preprocess
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if PREPROCESS_KEY not in meta:
+        return Preprocess(), None
+    d = json.loads(meta[PREPROCESS_KEY])
+    return Preprocess(mean=d["mean"], std=d["std"], interpolation=d["interpolation"]), d.get("img_size")

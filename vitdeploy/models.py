@@ -37,11 +37,7 @@ def validate_model_name(name: str) -> None:
         return
     names = vit_model_names()
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    what = (
-        "is a timm model but not of the VisionTransformer family"
-        if timm.models.is_model(name)
-        else "is not a timm model"
-    )
+    what = "is a timm model but not of the VisionTransformer family" if timm.models.is_model(name) else "is not a timm model"
     hint = f"; did you mean: {', '.join(close)}" if close else "; e.g. vit_tiny_patch16_224, deit_small_patch16_224"
     raise UserError(f"model.name: '{name}' {what}{hint} ({len(names)} ViT models are allowed)")
 
@@ -102,9 +98,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         parts = []
         if mismatched:
             k = mismatched[0]
-            parts.append(
-                f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)})"
-            )
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)})")
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:
@@ -116,8 +110,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
 def save_weights(model: nn.Module, path: Path, half: bool = False, metadata: dict[str, str] | None = None) -> None:
     """safetensors, written atomically; `half` stores floating tensors as fp16."""
     state = {
-        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()
     }
     with atomic_path(Path(path)) as tmp:
         save_file(state, str(tmp), metadata=metadata)

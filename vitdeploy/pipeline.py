@@ -29,6 +29,7 @@ from vitdeploy.data import ImageSet, load_split, preprocess
 from vitdeploy.errors import BuildError
 from vitdeploy.evaluate import onnx_accuracy, torch_accuracy
 from vitdeploy.export import INPUT_NAME, check_parity, export_onnx
+from vitdeploy.graph import stamp_preprocess
 from vitdeploy.models import count_parameters, create_model, load_weights, save_weights
 from vitdeploy.optimize import optimize_transformer
 from vitdeploy.progress import console
@@ -164,6 +165,20 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
                 f"{recipe.quantize.max_accuracy_drop}); no artifact written"
             )
 
+    preprocessing = {
+        "input_name": INPUT_NAME,
+        "layout": "NCHW",
+        "img_size": img_size,
+        "scale": "1/255",
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "interpolation": pre.interpolation,
+        "classes": list(eval_set.classes),
+    }
+    for path in (fp32, int8):
+        if path is not None:
+            stamp_preprocess(path, preprocessing)
+
     # Every gate passed: publish. Renames are atomic; the manifest goes last.
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict] = {}
@@ -196,16 +211,7 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
             "checkpoint_sha256": sha256_file(recipe.model.checkpoint) if recipe.model.checkpoint else None,
             "parameters": count_parameters(model),
         },
-        "preprocess": {
-            "input_name": INPUT_NAME,
-            "layout": "NCHW",
-            "img_size": img_size,
-            "scale": "1/255",
-            "mean": list(pre.mean),
-            "std": list(pre.std),
-            "interpolation": pre.interpolation,
-            "classes": list(eval_set.classes),
-        },
+        "preprocess": preprocessing,
         "artifacts": files,
         "export": {
             "exporter": recipe.export.exporter,

@@ -26,6 +26,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from vitdeploy.errors import UserError
 from vitdeploy.graph import activation_matmuls, output_producers, quantized_op_counts, weight_stats
 from vitdeploy.recipe import QuantizeSpec
 from vitdeploy.storage import atomic_path
@@ -44,11 +45,18 @@ class ArrayCalibrationReader(CalibrationDataReader):
 
     def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
         self.input_name, self.images, self.batch_size = input_name, images, batch_size
+        self._range = (0, len(self))
         self._it = self._batches()
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self.images), self.batch_size):
-            yield {self.input_name: self.images[start : start + self.batch_size]}
+        first, last = self._range
+        for i in range(first, last):
+            yield {self.input_name: self.images[i * self.batch_size : (i + 1) * self.batch_size]}
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Restrict to batches [start, end): ORT's strided MinMax calibrates chunk by chunk."""
+        self._range = (start_index, min(end_index, len(self)))
+        self._it = self._batches()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -84,9 +92,7 @@ def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     return sorted(excluded)
 
 
-def quantize_model(
-    source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None = None
-) -> dict:
+def quantize_model(source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None = None) -> dict:
     """Quantize `source` into `target` atomically; return what was done, for the manifest."""
     with tempfile.TemporaryDirectory() as tmpdir:
         # Symbolic shape inference types the tensors around ORT's fused contrib ops
@@ -117,6 +123,12 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         elif spec.mode == "static":
             if calibration is None:
                 raise ValueError("static quantization needs calibration data")
+            stride = spec.calibration.minmax_stride_batches
+            if stride and len(calibration) % stride:
+                raise UserError(
+                    f"quantize.calibration.minmax_stride_batches ({stride}) must divide the number of "
+                    f"calibration batches ({len(calibration)} = {len(calibration.images)} images / {calibration.batch_size})"
+                )
             quantize_static(
                 str(source),
                 str(tmp),
@@ -141,9 +153,7 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         "excluded_nodes": excluded,
         "per_channel": spec.per_channel,
         "reduce_range": reduce_range,
-        "reduce_range_reason": "cpu lacks VNNI"
-        if spec.reduce_range == "auto" and reduce_range
-        else str(spec.reduce_range),
+        "reduce_range_reason": "cpu lacks VNNI" if spec.reduce_range == "auto" and reduce_range else str(spec.reduce_range),
         "activation_type": "uint8" if spec.mode == "dynamic" else spec.activation_type,
         "weight_type": spec.weight_type,
         "calibration": spec.calibration.model_dump() | {"images": len(calibration.images)} if calibration else None,
@@ -157,6 +167,6 @@ def _calibration_options(spec: QuantizeSpec) -> dict:
     options: dict = {}
     if cal.method == "percentile":
         options["CalibPercentile"] = cal.percentile
-    if cal.method == "minmax" and cal.max_intermediate_outputs:
-        options["CalibMaxIntermediateOutputs"] = cal.max_intermediate_outputs
+    if cal.method == "minmax" and cal.minmax_stride_batches:
+        options["CalibStridedMinMax"] = cal.minmax_stride_batches
     return options

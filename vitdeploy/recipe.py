@@ -87,9 +87,7 @@ class Preprocess(Section):
 
 class DataSpec(Section):
     dataset: str = Field("cifar10", description="'cifar10' or any name for an ImageFolder")
-    source: Path | None = Field(
-        None, description="archive or folder; omit to use the cache filled by `vitdeploy data get`"
-    )
+    source: Path | None = Field(None, description="archive or folder; omit to use the cache filled by `vitdeploy data get`")
     train_split: str = "train"
     eval_split: str = "test"
     preprocess: Preprocess = Preprocess()
@@ -166,16 +164,19 @@ class CalibrationSpec(Section):
     split: str = Field("train", description="must differ from the evaluation split")
     percentile: float = Field(99.999, gt=90, le=100)
     batch_size: int = Field(32, gt=0)
-    max_intermediate_outputs: int | None = Field(8, gt=0, description="bounds MinMax calibration memory")
+    minmax_stride_batches: int | None = Field(
+        None,
+        gt=0,
+        description="MinMax: merge ranges every N batches (ORT's CalibStridedMinMax). Not "
+        "max_intermediate_outputs: in ORT 1.32 that discards the batches it clears.",
+    )
 
 
 class QuantizeSpec(Section):
     mode: Literal["none", "dynamic", "static"] = "static"
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
-    reduce_range: bool | Literal["auto"] = Field(
-        "auto", description="auto: on when the CPU lacks VNNI (U8S8 can saturate there)"
-    )
+    reduce_range: bool | Literal["auto"] = Field("auto", description="auto: on when the CPU lacks VNNI (U8S8 can saturate there)")
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
     op_types: list[str] = Field(
@@ -189,9 +190,7 @@ class QuantizeSpec(Section):
     exclude_nodes: list[str] = []
     exclude_op_types: list[str] = []
     calibration: CalibrationSpec = CalibrationSpec()
-    max_accuracy_drop: float | None = Field(
-        None, ge=0, description="fail the build if INT8 top-1 drops more (points) than this"
-    )
+    max_accuracy_drop: float | None = Field(None, ge=0, description="fail the build if INT8 top-1 drops more (points) than this")
 
 
 class EvaluateSpec(Section):

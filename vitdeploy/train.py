@@ -135,9 +135,7 @@ def finetune(model: nn.Module, ctx: StageContext, cfg: FinetuneConfig) -> nn.Mod
                 loss_sum += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 rate = seen / (time.perf_counter() - t0)
-                bar.update(
-                    task, advance=len(y), info=f"loss {loss_sum / seen:.3f}  acc {correct / seen:.1%}  {rate:.0f} img/s"
-                )
+                bar.update(task, advance=len(y), info=f"loss {loss_sum / seen:.3f}  acc {correct / seen:.1%}  {rate:.0f} img/s")
             acc = torch_accuracy(model, held_out, pre, ctx.device, batch_size=256)
             record = {
                 "epoch": epoch + 1,

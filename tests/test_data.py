@@ -1,0 +1,80 @@
+"""Datasets: the shared CIFAR-10 archive, ImageFolder trees, the decode cache, preprocessing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitdeploy.data import CIFAR10_CLASSES, DataStore, load_split, preprocess
+from vitdeploy.errors import UserError
+from vitdeploy.recipe import DataSpec, Preprocess
+
+from .conftest import CIFAR_ARCHIVE
+
+
+def test_cifar10_archive_decodes_to_the_documented_splits(cifar10: Path) -> None:
+    store = DataStore(cifar10)
+    meta = store.meta("cifar10")
+    assert meta["splits"] == {"train": 50000, "test": 10000}
+    assert tuple(meta["classes"]) == CIFAR10_CLASSES
+    test = store.load("cifar10", "test")
+    assert test.images.shape == (10000, 32, 32, 3) and test.images.dtype == np.uint8
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    assert 80 < test.images.mean() < 160  # real photographs, not blank arrays
+
+
+def test_second_import_reuses_the_cache(cifar10: Path) -> None:
+    store = DataStore(cifar10)
+    npz = store.folder("cifar10") / "train.npz"
+    before = npz.stat().st_mtime_ns
+    start = time.perf_counter()
+    store.import_source("cifar10", CIFAR_ARCHIVE)
+    assert npz.stat().st_mtime_ns == before
+    assert time.perf_counter() - start < 5  # hashing 19 MB, no decoding
+
+
+def make_imagefolder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for cls, colour in (("red", 0), ("blue", 2)):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 40, (20, 24, 3), dtype=np.uint8)
+                arr[..., colour] = 250
+                Image.fromarray(arr).save(folder / f"{i}.png")
+
+
+def test_imagefolder_folder_with_resize(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path / "flowers")
+    spec = DataSpec(dataset="flowers", source=tmp_path / "flowers", eval_split="val", cache_dir=tmp_path / "c")
+    train = load_split(spec, "train", size=16)
+    assert train.classes == ("blue", "red")
+    assert train.images.shape == (6, 16, 16, 3)
+    red = train.images[train.labels == 1]
+    assert (red[..., 0].mean() > 200) and (red[..., 2].mean() < 60)
+    assert len(load_split(spec, "val", size=16)) == 4
+
+
+def test_imagefolder_without_expected_split_is_a_user_error(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path / "f")
+    with pytest.raises(UserError, match="no images for split"):
+        DataStore(tmp_path / "c").import_source("f", tmp_path / "f", {"train", "test"}, size=16)
+
+
+def test_uncached_dataset_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="vitdeploy data get cifar100 --from PATH"):
+        DataStore(tmp_path).load("cifar100", "train")
+
+
+def test_preprocess_normalizes_and_transposes() -> None:
+    images = np.full((2, 4, 4, 3), 255, dtype=np.uint8)
+    pre = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    x = preprocess(images, pre)
+    assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, 0, 0], [2.0, 1.0, 0.5])
+    assert preprocess(images, pre, size=8).shape == (2, 3, 8, 8)
