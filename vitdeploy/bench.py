@@ -162,7 +162,10 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
     result = Result(model=path.name, provider=provider, batch=batch, threads=threads)
     try:
         result.file_bytes = path.stat().st_size
-        stats = weight_stats(onnx.load(str(path), load_external_data=False))
+        try:
+            stats = weight_stats(onnx.load(str(path), load_external_data=False))
+        except Exception as e:
+            raise ValueError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
         result.parameters, result.int8_share = stats["parameters"], stats["int8_share"]
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider '{provider}'; choose from {', '.join(PROVIDERS)}")
@@ -216,8 +219,9 @@ def baseline_for(name: str, names: list[str], explicit: str | None) -> str:
         match = [n for n in names if n == explicit or Path(n).stem == explicit]
         if match:
             return match[0]
-    stem = name.removesuffix(".onnx")
-    fp32 = f"{stem}.fp32.onnx"
+    if name.endswith(".fp32.onnx"):
+        return name
+    fp32 = f"{name.removesuffix('.onnx')}.fp32.onnx"
     return fp32 if fp32 in names else names[0]
 
 

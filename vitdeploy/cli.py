@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Fetch and cache datasets.")
 app.add_typer(data_app, name="data")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)  # tables stay whole in logs and pipes
 err = Console(stderr=True)
 
 

@@ -1,0 +1,78 @@
+"""Quantization building blocks on a real exported ViT graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from vitdeploy.export import INPUT_NAME, export_onnx
+from vitdeploy.graph import activation_matmuls, output_producers
+from vitdeploy.models import create_model
+from vitdeploy.optimize import optimize_transformer
+from vitdeploy.quantize import ArrayCalibrationReader, cpu_has_vnni, quantize_model, resolve_reduce_range
+from vitdeploy.recipe import CalibrationSpec, ExportSpec, ModelSpec, OptimizeSpec, QuantizeSpec
+
+
+@pytest.fixture(scope="module")
+def vit_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    spec = ModelSpec(name="vit_tiny_patch16_224", overrides={"img_size": 32, "patch_size": 8, "num_classes": 10,
+                                                             "embed_dim": 48, "depth": 2, "num_heads": 3})  # fmt: skip
+    folder = tmp_path_factory.mktemp("vit")
+    raw = export_onnx(create_model(spec).eval(), ExportSpec(), 32, folder / "raw.onnx")
+    fused = folder / "fused.onnx"
+    stats = optimize_transformer(raw, fused, OptimizeSpec(), 3, 48, fuse_attention=False)
+    assert stats["fused_operators"]["SkipLayerNormalization"] == 4  # two per block
+    return fused
+
+
+def scales(path: Path) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer if i.name.endswith("_scale")}
+
+
+def test_attention_score_matmuls_and_head_are_found(vit_onnx: Path) -> None:
+    model = onnx.load(str(vit_onnx))
+    assert len(activation_matmuls(model)) == 4  # q k^T and attn v, two blocks
+    assert len(output_producers(model)) == 1
+
+
+def test_calibration_reader_ranges() -> None:
+    reader = ArrayCalibrationReader("x", np.zeros((10, 3, 2, 2), np.float32), 4)
+    assert len(reader) == 3
+    assert [len(b["x"]) for b in iter(reader.get_next, None)] == [4, 4, 2]
+    reader.set_range(1, 2)
+    assert [len(b["x"]) for b in iter(reader.get_next, None)] == [4]
+
+
+def test_strided_minmax_equals_unbounded_minmax(vit_onnx: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
+    full = QuantizeSpec(mode="static")
+    strided = QuantizeSpec(mode="static", calibration=CalibrationSpec(minmax_stride_batches=2))
+    quantize_model(vit_onnx, tmp_path / "a.onnx", full, ArrayCalibrationReader(INPUT_NAME, x, 16))
+    quantize_model(vit_onnx, tmp_path / "b.onnx", strided, ArrayCalibrationReader(INPUT_NAME, x, 16))
+    a, b = scales(tmp_path / "a.onnx"), scales(tmp_path / "b.onnx")
+    assert a.keys() == b.keys() and len(a) > 8
+    assert all(np.allclose(a[k], b[k]) for k in a)
+
+
+def test_default_static_config_quantizes_weights_only(vit_onnx: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(1).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    report = quantize_model(vit_onnx, tmp_path / "q.onnx", QuantizeSpec(mode="static"), ArrayCalibrationReader(INPUT_NAME, x, 16))
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    # Every Softmax reads an FP32 tensor: nothing quantizes the attention scores.
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "Softmax":
+            assert producers[node.input[0]].op_type != "DequantizeLinear"
+    assert report["weights"]["int8_share"] > 0.8
+    assert report["reduce_range"] == (not cpu_has_vnni())
+
+
+def test_reduce_range_auto_follows_vnni() -> None:
+    assert resolve_reduce_range(QuantizeSpec(reduce_range="auto")) == (not cpu_has_vnni())
+    assert resolve_reduce_range(QuantizeSpec(reduce_range=False)) is False
