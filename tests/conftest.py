@@ -29,3 +29,14 @@ def cifar10(cache_dir: Path) -> Path:
 
     DataStore(cache_dir).import_source("cifar10", CIFAR_ARCHIVE)
     return cache_dir
+
+
+# A two-block ViT small enough to build, export and quantize in seconds.
+TINY_OVERRIDES = {"img_size": 32, "patch_size": 8, "num_classes": 10, "embed_dim": 48, "depth": 2, "num_heads": 3}
+
+
+def tiny_vit(**overrides):
+    from vitdeploy.models import create_model
+    from vitdeploy.recipe import ModelSpec
+
+    return create_model(ModelSpec(name="vit_tiny_patch16_224", overrides=TINY_OVERRIDES | overrides)).eval()

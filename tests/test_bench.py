@@ -124,3 +124,15 @@ def test_cli_bench_writes_json_csv_and_never_imports_torch(tmp_path: Path) -> No
     assert sorted(r["batch"] for r in good) == [1, 2] and all(r["runs"] == 20 for r in good)
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert len(rows) == 4 and {"throughput", "latency_p99_ms", "error"} <= set(rows[0])
+
+
+def test_torch_reference_is_timed_like_onnx_cells() -> None:
+    from vitdeploy.bench_torch import measure_torch
+
+    from .conftest import tiny_vit
+
+    model = tiny_vit()
+    r = measure_torch("torch:tiny", model, "cpu", 2, 1, FAST)
+    assert r.error is None and r.runs == 30 and r.model == "torch:tiny (eager)"
+    assert r.parameters == sum(p.numel() for p in model.parameters())
+    assert measure_torch("torch:tiny", model, "tensorrt", 1, 1, FAST).error

@@ -12,11 +12,8 @@ from vitdeploy.errors import UserError
 from vitdeploy.models import SplitQKVAttention, create_model, load_weights, read_state_dict, save_weights, split_qkv
 from vitdeploy.recipe import ModelSpec
 
-TINY = {"img_size": 32, "patch_size": 8, "num_classes": 10, "embed_dim": 48, "depth": 2, "num_heads": 3}
-
-
-def tiny(**kw) -> torch.nn.Module:
-    return create_model(ModelSpec(name="vit_tiny_patch16_224", overrides=TINY | kw)).eval()
+from .conftest import TINY_OVERRIDES as TINY
+from .conftest import tiny_vit as tiny
 
 
 def test_overrides_reach_the_model() -> None:

@@ -12,19 +12,18 @@ from onnx import numpy_helper
 
 from vitdeploy.export import INPUT_NAME, export_onnx
 from vitdeploy.graph import activation_matmuls, output_producers
-from vitdeploy.models import create_model
 from vitdeploy.optimize import optimize_transformer
 from vitdeploy.quantize import ArrayCalibrationReader, cpu_has_vnni, quantize_model, resolve_reduce_range
-from vitdeploy.recipe import CalibrationSpec, ExportSpec, ModelSpec, OptimizeSpec, QuantizeSpec
+from vitdeploy.recipe import CalibrationSpec, ExportSpec, OptimizeSpec, QuantizeSpec
+
+from .conftest import tiny_vit
 
 
 @pytest.fixture(scope="module")
 def vit_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    spec = ModelSpec(name="vit_tiny_patch16_224", overrides={"img_size": 32, "patch_size": 8, "num_classes": 10,
-                                                             "embed_dim": 48, "depth": 2, "num_heads": 3})  # fmt: skip
     folder = tmp_path_factory.mktemp("vit")
-    raw = export_onnx(create_model(spec).eval(), ExportSpec(), 32, folder / "raw.onnx")
+    raw = export_onnx(tiny_vit(), ExportSpec(), 32, folder / "raw.onnx")
     fused = folder / "fused.onnx"
     stats = optimize_transformer(raw, fused, OptimizeSpec(), 3, 48, fuse_attention=False)
     assert stats["fused_operators"]["SkipLayerNormalization"] == 4  # two per block

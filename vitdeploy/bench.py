@@ -72,6 +72,16 @@ class Result:
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
+    def fill_latencies(self, seconds: list[float], batch: int) -> None:
+        ms = sorted(1000 * t for t in seconds)
+        self.runs = len(ms)
+        self.throughput = batch * len(ms) / (sum(ms) / 1000)
+        self.latency_mean_ms = statistics.fmean(ms)
+        self.latency_p50_ms = percentile(ms, 50)
+        self.latency_p90_ms = percentile(ms, 90)
+        self.latency_p99_ms = percentile(ms, 99)
+        self.latency_max_ms = ms[-1]
+
     def as_row(self) -> dict:
         row = asdict(self)
         row.pop("extra")
@@ -183,14 +193,7 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
             result.first_run_ms = 1000 * (time.perf_counter() - t0)
             times = timed_runs(run, cfg)
         result.peak_rss_mb = rss.peak_mb
-        ms = sorted(1000 * t for t in times)
-        result.runs = len(ms)
-        result.throughput = batch * len(ms) / (sum(ms) / 1000)
-        result.latency_mean_ms = statistics.fmean(ms)
-        result.latency_p50_ms = percentile(ms, 50)
-        result.latency_p90_ms = percentile(ms, 90)
-        result.latency_p99_ms = percentile(ms, 99)
-        result.latency_max_ms = ms[-1]
+        result.fill_latencies(times, batch)
     except Exception as e:  # per-model report: the other models are still measured
         result.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     return result

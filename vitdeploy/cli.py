@@ -139,6 +139,10 @@ def bench(
     data: Annotated[str | None, typer.Option(help="top-1 on a cached split (cifar10:test) or an ImageFolder split")] = None,
     include_copies: Annotated[bool, typer.Option(help="GPU: time host<->device copies too")] = False,
     baseline: Annotated[str | None, typer.Option(help="model to compare against")] = None,
+    torch_recipe: Annotated[
+        Path | None, typer.Option("--torch", help="also time this recipe's PyTorch model (eager) on the same grid")
+    ] = None,
+    torch_compile: Annotated[bool, typer.Option(help="with --torch: also time torch.compile")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="write results as CSV")] = None,
 ) -> None:
@@ -165,6 +169,8 @@ def bench(
         results = B.run_grid(paths, cfg, bar)
         if data is not None:
             B.add_accuracy(results, paths, data, bar)
+        if torch_recipe is not None:
+            results += _torch_reference(torch_recipe, cfg, torch_compile, bar)
     B.add_ratios(results, baseline)
     out.print(B.results_table(results))
     for r in results:
@@ -179,6 +185,19 @@ def bench(
         B.write_csv(csv_out, results)
     if all(r.error for r in results):
         raise typer.Exit(1)
+
+
+def _torch_reference(recipe: Path, cfg, compiled: bool, bar) -> list:
+    from vitdeploy.bench_torch import load_reference, measure_torch
+
+    label, model = load_reference(recipe)
+    cells = [(p, b, t, c) for p in cfg.providers for b in cfg.batches for t in cfg.threads for c in (False, True)[: 1 + compiled]]
+    task = bar.add_task("PyTorch reference", total=len(cells))
+    results = []
+    for prov, b, t, c in cells:
+        results.append(measure_torch(label, model, prov, b, t, cfg, compiled=c))
+        bar.advance(task)
+    return results
 
 
 @data_app.command("get")

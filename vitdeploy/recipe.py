@@ -110,7 +110,6 @@ class FinetuneConfig(Section):
     augment: Literal["none", "flip_crop", "randaugment"] = "flip_crop"
     randaugment_ops: int = Field(2, ge=0)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
-    mixup_alpha: float = Field(0.0, ge=0)
     train_samples: int | None = Field(None, gt=0, description="subset size; default all")
     eval_samples: int | None = Field(2000, gt=0, description="held-out images scored per epoch")
     amp: bool = Field(True, description="bf16/fp16 autocast on CUDA; ignored on CPU")

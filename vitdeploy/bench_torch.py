@@ -1,0 +1,55 @@
+"""PyTorch eager reference for `vitdeploy bench --torch RECIPE`, timed exactly like ONNX cells.
+
+Kept apart from `bench.py` so that the ONNX path never imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitdeploy.bench import BenchConfig, PeakRSS, Result, timed_runs
+from vitdeploy.models import count_parameters, create_model
+from vitdeploy.recipe import load_recipe
+
+
+def load_reference(recipe_path: Path) -> tuple[str, torch.nn.Module]:
+    recipe = load_recipe(recipe_path)
+    return f"torch:{recipe.name}", create_model(recipe.model).eval()
+
+
+def measure_torch(label: str, model: torch.nn.Module, provider: str, batch: int, threads: int | None, cfg: BenchConfig,
+                  compiled: bool = False) -> Result:  # fmt: skip
+    result = Result(model=label + (" (compile)" if compiled else " (eager)"), provider=provider, batch=batch, threads=threads)
+    try:
+        device = torch.device("cuda" if provider in ("cuda", "tensorrt") else "cpu")
+        if provider not in ("cpu", "cuda"):
+            raise ValueError(f"PyTorch reference runs on cpu or cuda, not {provider}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available to PyTorch; skipped")
+        if threads and device.type == "cpu":
+            torch.set_num_threads(threads)
+        result.parameters = count_parameters(model)
+        size = model.patch_embed.img_size
+        x = torch.from_numpy(np.random.default_rng(cfg.seed).standard_normal((batch, 3, *size), dtype=np.float32)).to(device)
+        net = torch.compile(model.to(device)) if compiled else model.to(device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+        def run() -> None:
+            with torch.inference_mode():
+                net(x)
+            sync()
+
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            run()
+            result.first_run_ms = 1000 * (time.perf_counter() - t0)
+            times = timed_runs(run, cfg)
+        result.peak_rss_mb = rss.peak_mb
+        result.fill_latencies(times, batch)
+    except Exception as e:
+        result.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    return result
