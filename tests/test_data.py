@@ -78,3 +78,17 @@ def test_preprocess_normalizes_and_transposes() -> None:
     assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
     np.testing.assert_allclose(x[0, :, 0, 0], [2.0, 1.0, 0.5])
     assert preprocess(images, pre, size=8).shape == (2, 3, 8, 8)
+
+
+def test_data_get_cli_imports_and_reports_bad_paths(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    make_imagefolder(tmp_path / "shapes")
+    cmd = [sys.executable, "-m", "vitdeploy.cli", "data", "get"]
+    ok = subprocess.run([*cmd, "shapes", "--from", str(tmp_path / "shapes"), "--cache-dir", str(tmp_path / "c")],
+                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "train: 6" in ok.stdout and (tmp_path / "c" / "datasets" / "shapes" / "train.npz").is_file()
+    bad = subprocess.run([*cmd, "cifar10", "--from", str(tmp_path / "nope.tar.gz")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr

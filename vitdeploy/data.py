@@ -100,14 +100,6 @@ def _iter_members(source: Path) -> Iterator[tuple[str, bytes]]:
         raise UserError(f"{source}: not a folder, .zip or .tar(.gz) archive")
 
 
-def _split_of(parts: list[str], splits: set[str]) -> int | None:
-    """Index of the split folder in a path like cifar10/train/cat/0001.jpg."""
-    for i, part in enumerate(parts[:-2]):
-        if part in splits:
-            return i
-    return None
-
-
 def _decode(data: bytes, size: int | None) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB")
@@ -124,18 +116,23 @@ def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
-def decode_imagefolder(source: Path, splits: set[str], size: int | None = None) -> dict[str, ImageSet]:
-    """Decode every split of an ImageFolder folder or archive into arrays."""
-    raw: dict[str, list[tuple[str, bytes]]] = {s: [] for s in splits}
+def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int | None = None) -> dict[str, ImageSet]:
+    """Decode the splits of an ImageFolder folder or archive into arrays.
+
+    With `splits` None, every folder two levels above an image is a split.
+    """
+    raw: dict[str, list[tuple[str, bytes]]] = {s: [] for s in splits or ()}
     for name, data in _iter_members(source):
         parts = name.split("/")
-        i = _split_of(parts, splits)
-        if i is not None and i + 2 == len(parts) - 1:
-            raw[parts[i]].append((parts[i + 1], data))
+        if len(parts) < 3:
+            continue
+        split, cls = parts[-3], parts[-2]
+        if splits is None or split in splits:
+            raw.setdefault(split, []).append((cls, data))
     empty = [s for s, items in raw.items() if not items]
-    if empty:
+    if empty or not raw:
         raise UserError(
-            f"{source}: no images for split(s) {', '.join(sorted(empty))}; expected "
+            f"{source}: no images for split(s) {', '.join(sorted(empty)) or '(any)'}; expected "
             "<root>/<split>/<class>/<image> (e.g. train/cat/0001.jpg)"
         )
     classes = tuple(sorted({c for items in raw.values() for c, _ in items}))
@@ -199,10 +196,7 @@ class DataStore:
         meta = self.meta(name)
         if meta and meta["fingerprint"] == fingerprint and meta.get("size") == size:
             return meta
-        if _is_cifar_binary(source):
-            sets = decode_cifar10_binary(source)
-        else:
-            sets = decode_imagefolder(source, splits or {"train", "test"}, size)
+        sets = decode_cifar10_binary(source) if _is_cifar_binary(source) else decode_imagefolder(source, splits, size)
         return self._write(name, sets, str(source.resolve()), fingerprint, size)
 
     def _write(self, name: str, sets: dict[str, ImageSet], source: str, fingerprint: str, size: int | None) -> dict:
