@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict] = {
     "static qdq minmax per-channel rr": dict(mode="static"),
     "static qdq minmax per-channel no-rr": dict(mode="static", reduce_range=False),
     "static qdq minmax per-tensor rr": dict(mode="static", per_channel=False),
+    "static qdq minmax per-channel rr +conv": dict(mode="static", op_types=["MatMul", "Gemm", "Conv"]),
     "static qdq entropy per-channel rr": dict(mode="static", calibration=CalibrationSpec(method="entropy")),
     "static qdq percentile per-channel rr": dict(mode="static", calibration=CalibrationSpec(method="percentile")),
     "static qdq s8s8 per-channel": dict(mode="static", activation_type="int8", reduce_range=False),

@@ -146,6 +146,9 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         else:
             raise ValueError(f"nothing to quantize in mode {spec.mode!r}")
         quantized = onnx.load(str(tmp))
+        # Shape annotations from symbolic inference are only for the quantizer; ORT re-infers them.
+        del quantized.graph.value_info[:]
+        onnx.save(quantized, str(tmp))
     return {
         "mode": spec.mode,
         "format": spec.format if spec.mode == "static" else "qoperator",
