@@ -238,7 +238,8 @@ def add_ratios(results: list[Result], explicit_baseline: str | None) -> None:
         r.extra["baseline"] = base_name
         if base and not r.error and base.throughput:
             r.extra["speedup"] = r.throughput / base.throughput
-            r.extra["size_ratio"] = r.file_bytes / base.file_bytes
+            if r.file_bytes and base.file_bytes:  # a PyTorch reference has no file
+                r.extra["size_ratio"] = r.file_bytes / base.file_bytes
 
 
 def environment(cfg: BenchConfig) -> dict:
