@@ -14,6 +14,7 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,16 @@ class Result:
     note: str = ""
     error: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def time_runner(self, run: Callable[[], object], cfg: BenchConfig) -> None:
+        """First run, warm-up, timed runs and their statistics: the same for every cell kind."""
+        t0 = time.perf_counter()
+        run()
+        self.first_run_ms = 1000 * (time.perf_counter() - t0)
+        self.fill_latencies(timed_runs(run, cfg), self.batch)
+
+    def fail(self, error: Exception) -> None:
+        self.error = f"{type(error).__name__}: {error}".splitlines()[0][:300]
 
     def fill_latencies(self, seconds: list[float], batch: int) -> None:
         ms = sorted(1000 * t for t in seconds)
@@ -146,7 +157,7 @@ def model_input(session: ort.InferenceSession, batch: int, rng: np.random.Genera
     return inp.name, rng.standard_normal([batch, *dims[1:]], dtype=np.float32)
 
 
-def timed_runs(run: callable, cfg: BenchConfig) -> list[float]:
+def timed_runs(run: Callable[[], object], cfg: BenchConfig) -> list[float]:
     """Seconds per run, after warm-up, until duration and min_iters (or exactly iters) are met."""
     for _ in range(cfg.warmup):
         run()
@@ -187,15 +198,10 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
             session = ort.InferenceSession(str(path), session_options(threads), providers=[ep])
             result.session_create_s = time.perf_counter() - t0
             name, x = model_input(session, batch, np.random.default_rng(cfg.seed))
-            run = make_runner(session, name, x, provider, cfg.include_copies)
-            t0 = time.perf_counter()
-            run()
-            result.first_run_ms = 1000 * (time.perf_counter() - t0)
-            times = timed_runs(run, cfg)
+            result.time_runner(make_runner(session, name, x, provider, cfg.include_copies), cfg)
         result.peak_rss_mb = rss.peak_mb
-        result.fill_latencies(times, batch)
     except Exception as e:  # per-model report: the other models are still measured
-        result.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        result.fail(e)
     return result
 
 

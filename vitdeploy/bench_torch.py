@@ -5,13 +5,12 @@ Kept apart from `bench.py` so that the ONNX path never imports torch.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vitdeploy.bench import BenchConfig, PeakRSS, Result, timed_runs
+from vitdeploy.bench import BenchConfig, PeakRSS, Result
 from vitdeploy.models import count_parameters, create_model
 from vitdeploy.recipe import load_recipe
 
@@ -44,12 +43,8 @@ def measure_torch(label: str, model: torch.nn.Module, provider: str, batch: int,
             sync()
 
         with PeakRSS() as rss:
-            t0 = time.perf_counter()
-            run()
-            result.first_run_ms = 1000 * (time.perf_counter() - t0)
-            times = timed_runs(run, cfg)
+            result.time_runner(run, cfg)
         result.peak_rss_mb = rss.peak_mb
-        result.fill_latencies(times, batch)
     except Exception as e:
-        result.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        result.fail(e)
     return result
