@@ -13,7 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vitdeploy.bench import BenchConfig, add_ratios, baseline_for, measure, thread_sweep
+from vitdeploy.bench import BenchConfig, Result, add_ratios, baseline_for, measure, median_round, run_grid, thread_sweep
+from vitdeploy.profile import CPU_PROVIDER, read_trace
 
 
 def linear_model(path: Path, batch: int | str = "N", width: int = 64) -> Path:
@@ -47,7 +48,8 @@ def test_measure_reports_consistent_statistics(tmp_path: Path) -> None:
     assert r.error is None
     assert r.runs == 30
     assert r.latency_p50_ms <= r.latency_p90_ms <= r.latency_p99_ms <= r.latency_max_ms
-    assert r.throughput == pytest.approx(4 * 1000 / r.latency_mean_ms, rel=1e-6)
+    assert r.throughput == pytest.approx(4 * 1000 / r.latency_p50_ms, rel=1e-6)  # median-based
+    assert r.throughput_mean == pytest.approx(4 * 1000 / r.latency_mean_ms, rel=1e-6)
     assert r.parameters == 3 * 8 * 8 * 64 + 64 + 2 and r.int8_share == 0
     assert r.peak_rss_mb > 10 and r.session_create_s > 0 and r.first_run_ms > 0
 
@@ -136,3 +138,53 @@ def test_torch_reference_is_timed_like_onnx_cells() -> None:
     assert r.error is None and r.runs == 30 and r.model == "torch:tiny (eager)"
     assert r.parameters == sum(p.numel() for p in model.parameters())
     assert measure_torch("torch:tiny", model, "tensorrt", 1, 1, FAST).error
+
+
+def test_profile_attributes_kernel_time_to_op_types(tmp_path: Path) -> None:
+    cfg = BenchConfig(warmup=2, duration_s=None, iters=10, profile_dir=tmp_path / "prof", profile_runs=20)
+    r = measure(linear_model(tmp_path / "m.onnx", width=256), "cpu", 8, 1, cfg)
+    assert r.error is None, r.error
+    prof = r.extra["profile"]
+    assert prof["runs"] == 20  # warm-up runs are cut from the trace
+    ops = {op["op_type"]: op for op in prof["ops"]}
+    assert set(ops) == {"Reshape", "Gemm"}  # the session fused MatMul + Add into Gemm
+    assert sum(op["share"] for op in prof["ops"]) == pytest.approx(1.0)
+    assert prof["ops"][0]["op_type"] == "Gemm" and ops["Gemm"]["nodes"] == 1
+    assert prof["nodes_by_provider"] == {CPU_PROVIDER: sum(op["nodes"] for op in prof["ops"])}
+    assert r.nodes_on_cpu == prof["nodes_by_provider"][CPU_PROVIDER] and r.note == ""
+    traces = list((tmp_path / "prof").glob("m_cpu_b8_t1*.json"))
+    assert len(traces) == 1
+
+
+def test_cpu_placement_is_labelled_as_fallback_for_gpu_providers(tmp_path: Path) -> None:
+    cfg = BenchConfig(warmup=1, duration_s=None, iters=5, profile_dir=tmp_path, profile_runs=5)
+    assert measure(linear_model(tmp_path / "m.onnx"), "cpu", 2, 1, cfg).error is None
+    profile = read_trace(next(tmp_path.glob("m_cpu_*.json")), skip_runs=2)
+    # A real trace in which every node ran on the CPU: fine for the CPU provider, and
+    # exactly what a CUDA session that placed its INT8 nodes on the CPU looks like.
+    assert profile.cpu_time_share == pytest.approx(1.0)
+    assert not profile.falls_back(CPU_PROVIDER) and profile.fallback_note(CPU_PROVIDER) == ""
+    assert profile.falls_back("CUDAExecutionProvider")
+    note = profile.fallback_note("CUDAExecutionProvider")
+    assert "Gemm" in note and "not a GPU number" in note
+    with pytest.raises(ValueError, match="warm-up"):
+        read_trace(next(tmp_path.glob("m_cpu_*.json")), skip_runs=1000)
+
+
+def test_rounds_report_the_median_round_and_its_spread(tmp_path: Path) -> None:
+    from rich.progress import Progress
+
+    cfg = BenchConfig(warmup=1, duration_s=None, iters=20, rounds=3)
+    with Progress() as bar:
+        (r,) = run_grid([linear_model(tmp_path / "m.onnx")], cfg, bar)
+    speeds = r.extra["round_throughputs"]
+    assert len(speeds) == 3 and speeds == sorted(speeds) and r.throughput == pytest.approx(speeds[1], abs=0.01)
+    assert r.round_spread == pytest.approx((speeds[2] - speeds[0]) / speeds[1], rel=1e-4)
+
+
+def test_median_round_keeps_a_failed_round_visible() -> None:
+    ok = [Result("m", "cpu", 1, 1, throughput=t) for t in (10.0, 12.0)]
+    bad = Result("m", "cpu", 1, 1)
+    bad.fail(RuntimeError("device lost"))
+    chosen = median_round([bad, *ok])
+    assert chosen.throughput == 10.0 and "1 of 3 rounds failed" in chosen.note and "device lost" in chosen.note

@@ -4,6 +4,12 @@ No torch import here: `vitdeploy bench` runs where only onnxruntime is installed
 Each (model, provider, batch, threads) cell gets its own session; warm-up runs are
 excluded; every timed run is kept so percentiles come from real samples, and the number of
 runs is reported beside them.
+
+Throughput is batch / median latency. A shared 2-core VM is slowed for a few milliseconds
+at a time by its neighbours; the median ignores those stalls where the mean absorbs them.
+With `rounds > 1` every cell is measured that many times, round-robin over the grid, so
+slow drift of the machine hits all models alike; the median round is reported and the
+spread between rounds is kept beside it. The mean-based figure is kept as well.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import csv
 import os
 import platform
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from vitdeploy.graph import read_preprocess, weight_stats
+from vitdeploy.profile import OpProfile, read_trace
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -43,7 +52,11 @@ class BenchConfig:
     duration_s: float | None = 5.0
     iters: int | None = None
     min_iters: int = 100  # so that p99 rests on at least one sample beyond the 99th
+    rounds: int = 1  # measure each cell this often, round-robin; report the median round
     include_copies: bool = False  # CUDA: time host<->device copies too
+    cuda_graph: bool = False  # CUDA: capture the run once as a CUDA graph and replay it
+    profile_dir: Path | None = None  # write ORT per-op profiles here
+    profile_runs: int = 50
     seed: int = 0
 
 
@@ -57,7 +70,9 @@ class Result:
     parameters: int = 0
     int8_share: float = 0.0
     runs: int = 0
-    throughput: float = 0.0
+    throughput: float = 0.0  # batch / median latency; of the median round when rounds > 1
+    throughput_mean: float = 0.0  # batch x runs / total time
+    round_spread: float | None = None  # (max - min) / median of the rounds' throughputs
     latency_mean_ms: float = 0.0
     latency_p50_ms: float = 0.0
     latency_p90_ms: float = 0.0
@@ -80,13 +95,18 @@ class Result:
         self.first_run_ms = 1000 * (time.perf_counter() - t0)
         self.fill_latencies(timed_runs(run, cfg), self.batch)
 
+    @property
+    def falls_back(self) -> bool:
+        return self.note.startswith("CPU fallback")
+
     def fail(self, error: Exception) -> None:
         self.error = f"{type(error).__name__}: {error}".splitlines()[0][:300]
 
     def fill_latencies(self, seconds: list[float], batch: int) -> None:
         ms = sorted(1000 * t for t in seconds)
         self.runs = len(ms)
-        self.throughput = batch * len(ms) / (sum(ms) / 1000)
+        self.throughput_mean = batch * len(ms) / (sum(ms) / 1000)
+        self.throughput = batch / (percentile(ms, 50) / 1000)
         self.latency_mean_ms = statistics.fmean(ms)
         self.latency_p50_ms = percentile(ms, 50)
         self.latency_p90_ms = percentile(ms, 90)
@@ -108,8 +128,11 @@ def thread_sweep(spec: str) -> tuple[int | None, ...]:
     return tuple(int(t) for t in spec.split(","))
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, profile_prefix: str | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.inter_op_num_threads = 1
@@ -178,6 +201,31 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return float(np.percentile(sorted_ms, q, method="linear"))
 
 
+def provider_entry(provider: str, cfg: BenchConfig) -> str | tuple[str, dict[str, str]]:
+    """The providers= entry for one provider, with the options this config asks for."""
+    ep = PROVIDERS[provider]
+    if provider == "cuda" and cfg.cuda_graph:
+        return ep, {"enable_cuda_graph": "1"}
+    return ep
+
+
+def provider_options(provider: str, cfg: BenchConfig) -> dict[str, str]:
+    entry = provider_entry(provider, cfg)
+    return entry[1] if isinstance(entry, tuple) else {}
+
+
+def open_session(path: Path, provider: str, threads: int | None, cfg: BenchConfig, profile_prefix: str | None = None):
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider '{provider}'; choose from {', '.join(PROVIDERS)}")
+    ep = PROVIDERS[provider]
+    if ep not in ort.get_available_providers():
+        raise RuntimeError(f"{ep} is not available in this onnxruntime ({ort.__version__}); skipped")
+    session = ort.InferenceSession(str(path), session_options(threads, profile_prefix), providers=[provider_entry(provider, cfg)])
+    if session.get_providers()[0] != ep:  # ORT falls back silently when the provider fails to load
+        raise RuntimeError(f"{ep} failed to initialise (ORT used {session.get_providers()[0]}); skipped")
+    return session
+
+
 def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: BenchConfig) -> Result:
     """One cell of the grid. Errors are returned in the result, never raised."""
     result = Result(model=path.name, provider=provider, batch=batch, threads=threads)
@@ -188,33 +236,75 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
         except Exception as e:
             raise ValueError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
         result.parameters, result.int8_share = stats["parameters"], stats["int8_share"]
-        if provider not in PROVIDERS:
-            raise ValueError(f"unknown provider '{provider}'; choose from {', '.join(PROVIDERS)}")
-        ep = PROVIDERS[provider]
-        if ep not in ort.get_available_providers():
-            raise RuntimeError(f"{ep} is not available in this onnxruntime ({ort.__version__}); skipped")
         with PeakRSS() as rss:
             t0 = time.perf_counter()
-            session = ort.InferenceSession(str(path), session_options(threads), providers=[ep])
+            session = open_session(path, provider, threads, cfg)
             result.session_create_s = time.perf_counter() - t0
             name, x = model_input(session, batch, np.random.default_rng(cfg.seed))
-            result.time_runner(make_runner(session, name, x, provider, cfg.include_copies), cfg)
+            result.time_runner(make_runner(session, name, x, provider, cfg), cfg)
+            if provider != "cpu":
+                result.peak_device_mb = device_memory_mb()
         result.peak_rss_mb = rss.peak_mb
+        del session
+        if provider != "cpu" or cfg.profile_dir:
+            # A separate short session: profiling slows the runs it records.
+            profile = profile_cell(path, provider, batch, threads, cfg)
+            result.nodes_on_cpu = len(profile.cpu_nodes)
+            result.note = profile.fallback_note(PROVIDERS[provider])
+            if cfg.profile_dir:
+                result.extra["profile"] = profile.as_dict()
     except Exception as e:  # per-model report: the other models are still measured
         result.fail(e)
     return result
 
 
-def make_runner(session: ort.InferenceSession, name: str, x: np.ndarray, provider: str, include_copies: bool):
+def profile_cell(path: Path, provider: str, batch: int, threads: int | None, cfg: BenchConfig) -> OpProfile:
+    """ORT's profiler over `profile_runs` runs after warm-up (placement only: 3 runs)."""
+    runs = cfg.profile_runs if cfg.profile_dir else 3
+    folder = Path(cfg.profile_dir or tempfile.mkdtemp(prefix="vitdeploy-profile-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = folder / (f"{path.stem}_{provider}_b{batch}" + (f"_t{threads}" if threads else ""))
+    session = open_session(path, provider, threads, cfg, profile_prefix=str(prefix))
+    name, x = model_input(session, batch, np.random.default_rng(cfg.seed))
+    run = make_runner(session, name, x, provider, cfg)
+    warmup = min(cfg.warmup, 5) + 1
+    for _ in range(warmup + runs):
+        run()
+    trace = Path(session.end_profiling())
+    profile = read_trace(trace, skip_runs=warmup)
+    if not cfg.profile_dir:
+        trace.unlink(missing_ok=True)
+        folder.rmdir()
+    return profile
+
+
+def device_memory_mb() -> float | None:
+    """GPU memory this process holds (nvidia-smi). ORT's CUDA arena does not hand memory back,
+    so what it holds after the timed runs is its peak."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    mine = [float(used) for pid, used in (line.split(",") for line in out.splitlines() if "," in line) if int(pid) == os.getpid()]
+    return sum(mine) if mine else None
+
+
+def make_runner(session: ort.InferenceSession, name: str, x: np.ndarray, provider: str, cfg: BenchConfig):
     """A zero-argument callable doing one inference; device-resident I/O on GPU providers."""
-    if provider == "cpu" or include_copies:
+    if provider == "cpu" or cfg.include_copies:
         feeds = {name: x}
         return lambda: session.run(None, feeds)
-    # IO binding keeps input and output on the device, so host copies are not timed.
+    # IO binding keeps input and output on the device, so host copies are not timed. A CUDA
+    # graph replays fixed addresses, so the outputs are allocated here once, not per run.
     binding = session.io_binding()
     binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
     for out in session.get_outputs():
-        binding.bind_output(out.name, "cuda")
+        shape = [x.shape[0] if not isinstance(d, int) else d for d in out.shape]
+        buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0)
+        binding.bind_ortvalue_output(out.name, buffer)
 
     def run() -> None:
         session.run_with_iobinding(binding)
@@ -268,8 +358,20 @@ def environment(cfg: BenchConfig) -> dict:
         "execution_mode": "sequential",
         "inter_op_threads": 1,
         "cpu_mem_arena": True,
-        "config": asdict(cfg),
+        "throughput": "batch / median latency" + (f"; median of {cfg.rounds} round-robin rounds" if cfg.rounds > 1 else ""),
+        "provider_options": {p: provider_options(p, cfg) for p in cfg.providers if p in PROVIDERS},
+        "gpu": gpu_name(),
+        "config": asdict(cfg) | {"profile_dir": str(cfg.profile_dir) if cfg.profile_dir else None},
     }
+
+
+def gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip() or None
 
 
 def write_csv(path: Path, results: list[Result]) -> None:
@@ -282,14 +384,41 @@ def write_csv(path: Path, results: list[Result]) -> None:
 
 
 def run_grid(paths: list[Path], cfg: BenchConfig, bar: Progress) -> list[Result]:
+    """Every cell `cfg.rounds` times, round-robin; each cell keeps its median round."""
     cells = [(p, prov, b, t) for p in paths for prov in cfg.providers for b in cfg.batches for t in cfg.threads]
-    task = bar.add_task("benchmarking", total=len(cells))
-    results = []
-    for path, prov, b, t in cells:
-        bar.update(task, info=f"{path.name} {prov} b{b}" + (f" t{t}" if t else ""))
-        results.append(measure(path, prov, b, t, cfg))
-        bar.advance(task)
-    return results
+    task = bar.add_task("benchmarking", total=len(cells) * cfg.rounds)
+    rounds: list[list[Result]] = [[] for _ in cells]
+    for r in range(cfg.rounds):
+        for i, (path, prov, b, t) in enumerate(cells):
+            label = f"{path.name} {prov} b{b}" + (f" t{t}" if t else "")
+            bar.update(task, info=label + (f" round {r + 1}/{cfg.rounds}" if cfg.rounds > 1 else ""))
+            # Profiles and placement do not change between rounds: record them once.
+            round_cfg = cfg if r == 0 else BenchConfig(**{**asdict(cfg), "profile_dir": None})
+            rounds[i].append(measure(path, prov, b, t, round_cfg))
+            bar.advance(task)
+    return [median_round(cell_rounds) for cell_rounds in rounds]
+
+
+def median_round(results: list[Result]) -> Result:
+    """The round with the median throughput, carrying the spread of all rounds."""
+    ok = [r for r in results if not r.error]
+    if not ok:
+        return results[0]
+    ordered = sorted(ok, key=lambda r: r.throughput)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    first = results[0]
+    for attr in ("nodes_on_cpu", "note"):  # measured in the first round only
+        setattr(chosen, attr, getattr(first, attr))
+    if "profile" in first.extra:
+        chosen.extra["profile"] = first.extra["profile"]
+    failed = [r.error for r in results if r.error]
+    if failed:
+        chosen.note = f"{len(failed)} of {len(results)} rounds failed: {failed[0]}"[:300]
+    if len(ok) > 1:
+        speeds = [r.throughput for r in ordered]
+        chosen.round_spread = (speeds[-1] - speeds[0]) / statistics.median(speeds)
+        chosen.extra["round_throughputs"] = [round(v, 2) for v in speeds]
+    return chosen
 
 
 def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progress, batch_size: int = 100) -> None:
@@ -325,9 +454,13 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
 
 
 def results_table(results: list[Result]) -> Table:
-    table = Table(title="vitdeploy bench", caption="sorted by throughput; ratios against each row's baseline")
+    caption = (
+        "sorted by throughput (batch / median latency); ratios against each row's baseline;\n"
+        "spread: (max - min) / median of the rounds' throughputs"
+    )
+    table = Table(title="vitdeploy bench", caption=caption)
     cols = ("model", "provider", "batch", "threads", "img/s", "p50 ms", "p99 ms", "runs", "MB", "int8 %",
-            "RSS MB", "top-1", "speedup", "size")  # fmt: skip
+            "RSS MB", "top-1", "speedup", "size", "spread", "note")  # fmt: skip
     for c in cols:
         table.add_column(c, justify="left" if c in ("model", "provider") else "right")
     for r in sorted((r for r in results if not r.error), key=lambda r: -r.throughput):
@@ -337,5 +470,19 @@ def results_table(results: list[Result]) -> Table:
             f"{r.latency_p50_ms:.2f}", f"{r.latency_p99_ms:.2f}", str(r.runs), f"{r.file_bytes / 1e6:.2f}",
             f"{100 * r.int8_share:.0f}", f"{r.peak_rss_mb:.0f}", "" if r.top1 is None else f"{r.top1:.2%}",
             "" if speed is None else f"{speed:.2f}x", "" if size is None else f"{size:.2f}x",
+            "" if r.round_spread is None else f"{r.round_spread:.1%}", "CPU fallback" if r.falls_back else "",
         )  # fmt: skip
+    return table
+
+
+def profile_table(result: Result, top: int = 12) -> Table:
+    """Where one cell's time goes, by op type (ORT's profiler, kernel time only)."""
+    prof = result.extra["profile"]
+    title = f"{result.model} {result.provider} b{result.batch}: {prof['kernel_ms_per_run']:.2f} ms kernel time per run"
+    table = Table(title=title, caption=f"{prof['runs']} profiled runs; nodes by provider: {prof['nodes_by_provider']}")
+    for c in ("op type", "nodes", "ms/run", "share", "provider"):
+        table.add_column(c, justify="left" if c in ("op type", "provider") else "right")
+    for op in prof["ops"][:top]:
+        providers = ", ".join(p.removesuffix("ExecutionProvider") for p in op["providers"])
+        table.add_row(op["op_type"], str(op["nodes"]), f"{op['ms_per_run']:.3f}", f"{op['share']:.1%}", providers)
     return table

@@ -137,7 +137,12 @@ def bench(
     iters: Annotated[int | None, typer.Option(min=1, help="exact timed runs per cell (overrides --duration)")] = None,
     min_iters: Annotated[int, typer.Option(min=1, help="at least this many timed runs")] = 100,
     data: Annotated[str | None, typer.Option(help="top-1 on a cached split (cifar10:test) or an ImageFolder split")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="measure each cell N times round-robin; report the median round")] = 1,
     include_copies: Annotated[bool, typer.Option(help="GPU: time host<->device copies too")] = False,
+    cuda_graph: Annotated[bool, typer.Option(help="CUDA: capture and replay the run as a CUDA graph")] = False,
+    profile: Annotated[
+        Path | None, typer.Option(help="write ORT per-op profiles to this folder and print where the time goes")
+    ] = None,
     baseline: Annotated[str | None, typer.Option(help="model to compare against")] = None,
     torch_recipe: Annotated[
         Path | None, typer.Option("--torch", help="also time this recipe's PyTorch model (eager) on the same grid")
@@ -161,7 +166,8 @@ def bench(
         raise UserError(f"no model matches {' '.join(models)}")
     cfg = B.BenchConfig(
         providers=tuple(p.strip() for p in provider.split(",")), batches=batches, threads=thread_list,
-        warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, include_copies=include_copies,
+        warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, rounds=rounds,
+        include_copies=include_copies, cuda_graph=cuda_graph, profile_dir=profile,
     )  # fmt: skip
     from vitdeploy.progress import progress_bar
 
@@ -173,6 +179,10 @@ def bench(
             results += _torch_reference(torch_recipe, cfg, torch_compile, bar)
     B.add_ratios(results, baseline)
     out.print(B.results_table(results))
+    if profile:
+        for r in results:
+            if "profile" in r.extra:
+                out.print(B.profile_table(r))
     for r in results:
         if r.error:
             err.print(f"[red]{r.model}[/] ({r.provider}, batch {r.batch}): {r.error}", highlight=False)

@@ -155,6 +155,12 @@ class OptimizeSpec(Section):
         "fused Attention, so its q/k/v projections would stay FP32)",
     )
     opt_level: Literal[0, 1, 2, 99] = Field(0, description="ORT graph level applied at save time")
+    split_skip_layernorm: bool = Field(
+        True,
+        description="after fusion, turn SkipLayerNormalization back into Add + LayerNormalization "
+        "(ORT 1.32's CPU kernel for it measured 4-5x slower); set false for GPU targets",
+    )
+    gelu_approximation: bool = Field(False, description="FastGelu (tanh form): faster, changes the numerics slightly")
 
 
 class CalibrationSpec(Section):
