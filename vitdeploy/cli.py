@@ -197,6 +197,35 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def convert(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX artifact")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="convert weights and activations to float16")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="default: <model>.fp16.onnx beside it")] = None,
+    keep_fp32: Annotated[
+        str | None, typer.Option(help="comma list of op types left in FP32 (default: LayerNorm family, Softmax)")
+    ] = None,
+) -> None:
+    """Make a float16 variant of an FP32 artifact for GPU providers (I/O stays float32)."""
+    from vitdeploy.convert import KEEP_FP32, convert_fp16
+
+    if not fp16:
+        raise UserError("say which conversion: --fp16 (the only one so far)")
+    if not model.is_file():
+        raise UserError(f"{model}: no such file")
+    target = output or model.with_name(model.name.removesuffix(".onnx").removesuffix(".fp32") + ".fp16.onnx")
+    keep = KEEP_FP32 if keep_fp32 is None else tuple(op.strip() for op in keep_fp32.split(",") if op.strip())
+    try:
+        report = convert_fp16(model, target, keep)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out.print(
+        f"[green]{target}[/]: {report['bytes_before'] / 1e6:.2f} MB -> {report['bytes_after'] / 1e6:.2f} MB, "
+        f"{report['casts_added']} casts added, kept FP32: {', '.join(report['kept_fp32']) or 'nothing'}"
+    )
+
+
 def _torch_reference(recipe: Path, cfg, compiled: bool, bar) -> list:
     from vitdeploy.bench_torch import load_reference, measure_torch
 
