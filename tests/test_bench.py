@@ -188,3 +188,14 @@ def test_median_round_keeps_a_failed_round_visible() -> None:
     bad.fail(RuntimeError("device lost"))
     chosen = median_round([bad, *ok])
     assert chosen.throughput == 10.0 and "1 of 3 rounds failed" in chosen.note and "device lost" in chosen.note
+
+
+def test_speedup_pairs_rounds_so_machine_drift_cancels() -> None:
+    # The machine got 2x slower between rounds; the model is 1.5x its baseline in every round.
+    base = Result("m.fp32.onnx", "cpu", 1, 1, throughput=150.0, extra={"round_series": [100.0, 50.0, 200.0]})
+    fast = Result("m.onnx", "cpu", 1, 1, throughput=150.0, extra={"round_series": [150.0, 75.0, 300.0]})
+    add_ratios([base, fast], None)
+    assert fast.extra["speedup"] == pytest.approx(1.5)  # the ratio of the two medians says 1.0
+    base.extra["round_series"][1] = None  # a failed baseline round is left out of the pairs
+    add_ratios([base, fast], None)
+    assert fast.extra["speedup"] == pytest.approx(1.5)

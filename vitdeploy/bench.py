@@ -333,9 +333,21 @@ def add_ratios(results: list[Result], explicit_baseline: str | None) -> None:
         base = cell.get((base_name, r.provider, r.batch, r.threads))
         r.extra["baseline"] = base_name
         if base and not r.error and base.throughput:
-            r.extra["speedup"] = r.throughput / base.throughput
+            r.extra["speedup"] = paired_speedup(r, base) or r.throughput / base.throughput
             if r.file_bytes and base.file_bytes:  # a PyTorch reference has no file
                 r.extra["size_ratio"] = r.file_bytes / base.file_bytes
+
+
+def paired_speedup(result: Result, base: Result) -> float | None:
+    """Median over rounds of this round's throughput / the baseline's in the same round.
+
+    Cells of one round run back to back, so a machine that drifts over minutes (a shared VM)
+    slows both sides of each pair alike; the ratio of overall medians would not cancel that.
+    """
+    pairs = [
+        a / b for a, b in zip(result.extra.get("round_series", []), base.extra.get("round_series", []), strict=False) if a and b
+    ]
+    return statistics.median(pairs) if len(pairs) > 1 else None
 
 
 def environment(cfg: BenchConfig) -> dict:
@@ -418,6 +430,7 @@ def median_round(results: list[Result]) -> Result:
         speeds = [r.throughput for r in ordered]
         chosen.round_spread = (speeds[-1] - speeds[0]) / statistics.median(speeds)
         chosen.extra["round_throughputs"] = [round(v, 2) for v in speeds]
+        chosen.extra["round_series"] = [None if r.error else r.throughput for r in results]  # in round order
     return chosen
 
 

@@ -141,7 +141,7 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
                 weight_type=QUANT_TYPES[spec.weight_type],
                 nodes_to_exclude=excluded,
                 calibrate_method=CALIBRATION_METHODS[spec.calibration.method],
-                extra_options=_calibration_options(spec),
+                extra_options=_calibration_options(spec) | _output_options(spec, op_types),
             )
         else:
             raise ValueError(f"nothing to quantize in mode {spec.mode!r}")
@@ -155,6 +155,7 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         "op_types": op_types,
         "excluded_nodes": excluded,
         "per_channel": spec.per_channel,
+        "quantize_outputs": spec.quantize_outputs if spec.mode == "static" else False,
         "reduce_range": reduce_range,
         "reduce_range_reason": "cpu lacks VNNI" if spec.reduce_range == "auto" and reduce_range else str(spec.reduce_range),
         "activation_type": "uint8" if spec.mode == "dynamic" else spec.activation_type,
@@ -173,3 +174,9 @@ def _calibration_options(spec: QuantizeSpec) -> dict:
     if cal.method == "minmax" and cal.minmax_stride_batches:
         options["CalibStridedMinMax"] = cal.minmax_stride_batches
     return options
+
+
+def _output_options(spec: QuantizeSpec, op_types: list[str]) -> dict:
+    # Our consumers of MatMul outputs (bias+GELU, residual Add, LayerNorm) stay FP32, so a Q/DQ
+    # pair there only costs a requantization and a dequantization per MatMul.
+    return {} if spec.quantize_outputs else {"OpTypesToExcludeOutputQuantization": list(op_types)}

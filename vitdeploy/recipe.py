@@ -189,6 +189,11 @@ class QuantizeSpec(Section):
         description="ops to quantize; the default leaves Softmax/LayerNorm/GELU/Add in FP32",
     )
     weights_only_matmul: bool = Field(True, description="skip activation x activation MatMuls (attention scores)")
+    quantize_outputs: bool = Field(
+        False,
+        description="static QDQ: also quantize the outputs of the quantized ops. ORT's default; off, a MatMul "
+        "whose consumer stays FP32 runs as MatMulIntegerToFloat instead of QLinearMatMul + DequantizeLinear",
+    )
     keep_classifier_fp32: bool = Field(
         True, description="leave the node producing the logits in FP32 (tiny; errors there count most)"
     )
