@@ -75,3 +75,39 @@ def test_default_static_config_quantizes_weights_only(vit_onnx: Path, tmp_path: 
 def test_reduce_range_auto_follows_vnni() -> None:
     assert resolve_reduce_range(QuantizeSpec(reduce_range="auto")) == (not cpu_has_vnni())
     assert resolve_reduce_range(QuantizeSpec(reduce_range=False)) is False
+
+
+def test_static_matmul_outputs_stay_fp32_by_default(vit_onnx: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(2).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    for quantize_outputs in (False, True):
+        spec = QuantizeSpec(mode="static", quantize_outputs=quantize_outputs)
+        quantize_model(vit_onnx, tmp_path / "q.onnx", spec, ArrayCalibrationReader(INPUT_NAME, x, 16))
+        model = onnx.load(str(tmp_path / "q.onnx"))
+        readers = {i: n for n in model.graph.node for i in n.input}
+        matmul_outputs = [n.output[0] for n in model.graph.node if n.op_type == "MatMul" and "attn/q/" in n.name]
+        assert matmul_outputs
+        assert any(readers[o].op_type == "QuantizeLinear" for o in matmul_outputs) == quantize_outputs
+
+
+def test_leftover_weights_are_stored_int8_and_computed_fp32(vit_onnx: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(3).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    plain, stored = tmp_path / "plain.onnx", tmp_path / "stored.onnx"
+    quantize_model(vit_onnx, plain, QuantizeSpec(mode="dynamic", store_other_weights_int8=False))
+    report = quantize_model(vit_onnx, stored, QuantizeSpec(mode="dynamic"))
+    assert set(report["weights_stored_int8"]) == {"pos_embed", "patch_embed.proj.weight"}  # not the classifier
+    model = onnx.load(str(stored))
+    inits = {i.name: i for i in model.graph.initializer}
+    assert inits["pos_embed_int8"].data_type == onnx.TensorProto.INT8 and "pos_embed" not in inits
+    # The classifier stays FP32 (dynamic mode rewrites its Gemm as MatMul on a transposed copy).
+    head = [i for name, i in inits.items() if name.startswith("head.weight")]
+    assert head and all(i.data_type == onnx.TensorProto.FLOAT for i in head)
+    onnx.checker.check_model(model, full_check=True)
+    assert stored.stat().st_size < plain.stat().st_size - 3 * 48 * 8 * 8  # the Conv weight alone shrinks by 3/4
+
+    import onnxruntime as ort
+
+    def logits(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
+
+    a, b = logits(plain), logits(stored)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()  # 8-bit weight rounding, nothing more

@@ -15,6 +15,7 @@ spread between rounds is kept beside it. The mean-based figure is kept as well.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import platform
 import statistics
@@ -214,12 +215,21 @@ def provider_options(provider: str, cfg: BenchConfig) -> dict[str, str]:
     return entry[1] if isinstance(entry, tuple) else {}
 
 
+@functools.cache
+def preload_gpu_libraries() -> None:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels, as `import torch` would, without torch."""
+    if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
+        ort.preload_dlls()
+
+
 def open_session(path: Path, provider: str, threads: int | None, cfg: BenchConfig, profile_prefix: str | None = None):
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider '{provider}'; choose from {', '.join(PROVIDERS)}")
     ep = PROVIDERS[provider]
     if ep not in ort.get_available_providers():
         raise RuntimeError(f"{ep} is not available in this onnxruntime ({ort.__version__}); skipped")
+    if provider != "cpu":
+        preload_gpu_libraries()
     session = ort.InferenceSession(str(path), session_options(threads, profile_prefix), providers=[provider_entry(provider, cfg)])
     if session.get_providers()[0] != ep:  # ORT falls back silently when the provider fails to load
         raise RuntimeError(f"{ep} failed to initialise (ORT used {session.get_providers()[0]}); skipped")

@@ -21,14 +21,18 @@ def load_reference(recipe_path: Path) -> tuple[str, torch.nn.Module]:
 
 
 def measure_torch(label: str, model: torch.nn.Module, provider: str, batch: int, threads: int | None, cfg: BenchConfig,
-                  compiled: bool = False) -> Result:  # fmt: skip
-    result = Result(model=label + (" (compile)" if compiled else " (eager)"), provider=provider, batch=batch, threads=threads)
+                  compiled: bool = False, amp: bool = False) -> Result:  # fmt: skip
+    """One cell; `amp` runs under float16 autocast (CUDA only), the usual PyTorch GPU deployment."""
+    kind = ("compile" if compiled else "eager") + (" AMP fp16" if amp else "")
+    result = Result(model=f"{label} ({kind})", provider=provider, batch=batch, threads=threads)
     try:
         device = torch.device("cuda" if provider in ("cuda", "tensorrt") else "cpu")
         if provider not in ("cpu", "cuda"):
             raise ValueError(f"PyTorch reference runs on cpu or cuda, not {provider}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("CUDA is not available to PyTorch; skipped")
+        if amp and device.type != "cuda":
+            raise ValueError("AMP float16 is measured on cuda only")
         if threads and device.type == "cpu":
             torch.set_num_threads(threads)
         result.parameters = count_parameters(model)
@@ -38,13 +42,17 @@ def measure_torch(label: str, model: torch.nn.Module, provider: str, batch: int,
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
         def run() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=amp):
                 net(x)
             sync()
 
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         with PeakRSS() as rss:
             result.time_runner(run, cfg)
         result.peak_rss_mb = rss.peak_mb
+        if device.type == "cuda":
+            result.peak_device_mb = torch.cuda.max_memory_allocated() / 2**20
     except Exception as e:
         result.fail(e)
     return result

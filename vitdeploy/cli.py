@@ -148,6 +148,7 @@ def bench(
         Path | None, typer.Option("--torch", help="also time this recipe's PyTorch model (eager) on the same grid")
     ] = None,
     torch_compile: Annotated[bool, typer.Option(help="with --torch: also time torch.compile")] = False,
+    torch_amp: Annotated[bool, typer.Option(help="with --torch on cuda: also time float16 autocast")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="write results as CSV")] = None,
 ) -> None:
@@ -176,7 +177,7 @@ def bench(
         if data is not None:
             B.add_accuracy(results, paths, data, bar)
         if torch_recipe is not None:
-            results += _torch_reference(torch_recipe, cfg, torch_compile, bar)
+            results += _torch_reference(torch_recipe, cfg, torch_compile, torch_amp, bar)
     B.add_ratios(results, baseline)
     out.print(B.results_table(results))
     if profile:
@@ -226,15 +227,18 @@ def convert(
     )
 
 
-def _torch_reference(recipe: Path, cfg, compiled: bool, bar) -> list:
+def _torch_reference(recipe: Path, cfg, compiled: bool, amp: bool, bar) -> list:
     from vitdeploy.bench_torch import load_reference, measure_torch
 
     label, model = load_reference(recipe)
-    cells = [(p, b, t, c) for p in cfg.providers for b in cfg.batches for t in cfg.threads for c in (False, True)[: 1 + compiled]]
+    variants = [(False, False)] + [(True, False)] * compiled
+    variants += [(c, True) for c, _ in variants] if amp else []
+    cells = [(p, b, t, v) for p in cfg.providers for b in cfg.batches for t in cfg.threads for v in variants]
+    cells = [cell for cell in cells if not (cell[3][1] and cell[0] == "cpu")]  # AMP is a GPU measurement
     task = bar.add_task("PyTorch reference", total=len(cells))
     results = []
-    for prov, b, t, c in cells:
-        results.append(measure_torch(label, model, prov, b, t, cfg, compiled=c))
+    for prov, b, t, (c, a) in cells:
+        results.append(measure_torch(label, model, prov, b, t, cfg, compiled=c, amp=a))
         bar.advance(task)
     return results
 

@@ -44,7 +44,7 @@ def optimize_transformer(
         hidden_size=hidden_size,
         opt_level=spec.opt_level,
         optimization_options=options,
-        use_gpu=False,
+        use_gpu=spec.use_gpu,
     )
     fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     split = split_skip_layernorm(optimized.model) if spec.split_skip_layernorm else 0

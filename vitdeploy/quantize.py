@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -89,6 +90,11 @@ def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     if spec.keep_classifier_fp32:
         excluded.update(output_producers(model))
     excluded.update(n.name for n in model.graph.node if n.op_type in spec.exclude_op_types)
+    if spec.mode == "dynamic":
+        # ORT's dynamic quantizer first rewrites every Gemm as MatMul (+ Add) named "<gemm>_MatMul",
+        # then matches names: without these, an excluded Gemm (the classifier) is quantized anyway.
+        gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+        excluded.update(f"{name}_MatMul" for name in excluded & gemms)
     return sorted(excluded)
 
 
@@ -148,6 +154,7 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         quantized = onnx.load(str(tmp))
         # Shape annotations from symbolic inference are only for the quantizer; ORT re-infers them.
         del quantized.graph.value_info[:]
+        stored = store_weights_int8(quantized, keep=set(excluded)) if spec.store_other_weights_int8 else []
         onnx.save(quantized, str(tmp))
     return {
         "mode": spec.mode,
@@ -161,6 +168,7 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         "activation_type": "uint8" if spec.mode == "dynamic" else spec.activation_type,
         "weight_type": spec.weight_type,
         "calibration": spec.calibration.model_dump() | {"images": len(calibration.images)} if calibration else None,
+        "weights_stored_int8": stored,
         "quantized_ops": quantized_op_counts(quantized),
         "weights": weight_stats(quantized),
     }
@@ -180,3 +188,50 @@ def _output_options(spec: QuantizeSpec, op_types: list[str]) -> dict:
     # Our consumers of MatMul outputs (bias+GELU, residual Add, LayerNorm) stay FP32, so a Q/DQ
     # pair there only costs a requantization and a dequantization per MatMul.
     return {} if spec.quantize_outputs else {"OpTypesToExcludeOutputQuantization": list(op_types)}
+
+
+def store_weights_int8(model: onnx.ModelProto, keep: set[str], min_elements: int = 256) -> list[str]:
+    """Store each remaining FP32 weight matrix (>= 2-D, >= `min_elements`) as symmetric INT8 + DequantizeLinear.
+
+    Weight-only: the consumers still compute in FP32 on the dequantized tensor (ORT folds the
+    DequantizeLinear at load time), so only the file shrinks. One scale per channel of axis 0,
+    or of the last axis when axis 0 has length 1 (the pos-embed). Initializers read by a node
+    in `keep` (the nodes excluded from quantization, the classifier among them) are left alone.
+    Returns the names that were converted.
+    """
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_inputs = {i.name for i in graph.input}
+    converted, new_nodes = [], []
+    for init in list(graph.initializer):
+        users = readers.get(init.name, [])
+        if (
+            init.data_type != onnx.TensorProto.FLOAT
+            or len(init.dims) < 2  # biases and norm parameters: per-channel scales would not save anything
+            or int(np.prod(init.dims)) < min_elements
+            or init.name in graph_inputs
+            or not users
+            or any(u.name in keep or u.op_type == "DequantizeLinear" for u in users)
+        ):
+            continue
+        weight = numpy_helper.to_array(init)
+        axis = 0 if weight.shape[0] > 1 else weight.ndim - 1
+        reduce = tuple(d for d in range(weight.ndim) if d != axis)
+        scale = np.maximum(np.abs(weight).max(axis=reduce), np.finfo(np.float32).tiny) / 127
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        q = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        stored, scales = f"{init.name}_int8", f"{init.name}_scale"
+        graph.initializer.remove(init)
+        graph.initializer.extend([numpy_helper.from_array(q, stored), numpy_helper.from_array(scale.astype(np.float32), scales)])
+        name = f"{init.name}_weight_only"
+        new_nodes.append(onnx.helper.make_node("DequantizeLinear", [stored, scales], [init.name], name=name, axis=axis))
+        converted.append(init.name)
+    # DequantizeLinear nodes read only initializers, so putting them first keeps the graph sorted.
+    nodes = new_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return converted

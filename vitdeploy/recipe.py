@@ -161,6 +161,7 @@ class OptimizeSpec(Section):
         "(ORT 1.32's CPU kernel for it measured 4-5x slower); set false for GPU targets",
     )
     gelu_approximation: bool = Field(False, description="FastGelu (tanh form): faster, changes the numerics slightly")
+    use_gpu: bool = Field(False, description="let the optimizer pick GPU-only fusions (for CUDA/TensorRT targets)")
 
 
 class CalibrationSpec(Section):
@@ -199,6 +200,11 @@ class QuantizeSpec(Section):
     )
     exclude_nodes: list[str] = []
     exclude_op_types: list[str] = []
+    store_other_weights_int8: bool = Field(
+        True,
+        description="store the FP32 weights left over (pos-embed, patch-embedding Conv) as INT8 + DequantizeLinear: "
+        "smaller file, same FP32 compute; the classifier stays FP32 with keep_classifier_fp32",
+    )
     calibration: CalibrationSpec = CalibrationSpec()
     max_accuracy_drop: float | None = Field(None, ge=0, description="fail the build if INT8 top-1 drops more (points) than this")
 
