@@ -29,6 +29,7 @@ from vitdeploy.recipe import CalibrationSpec, QuantizeSpec, load_recipe
 VARIANTS: dict[str, dict] = {
     "static qdq minmax per-channel rr": dict(mode="static"),
     "static qdq minmax per-channel rr, outputs quantized": dict(mode="static", quantize_outputs=True),
+    "static qdq minmax per-channel rr, leftover weights fp32": dict(mode="static", store_other_weights_int8=False),
     "static qdq minmax per-channel no-rr": dict(mode="static", reduce_range=False),
     "static qdq minmax per-tensor rr": dict(mode="static", per_channel=False),
     "static qdq minmax per-channel rr +conv": dict(mode="static", op_types=["MatMul", "Gemm", "Conv"]),

@@ -13,7 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vitdeploy.bench import BenchConfig, Result, add_ratios, baseline_for, measure, median_round, run_grid, thread_sweep
+from vitdeploy import bench
+from vitdeploy.bench import BenchConfig, Result, add_ratios, baseline_for, measure, median_round, thread_sweep
 from vitdeploy.profile import CPU_PROVIDER, read_trace
 
 
@@ -176,7 +177,7 @@ def test_rounds_report_the_median_round_and_its_spread(tmp_path: Path) -> None:
 
     cfg = BenchConfig(warmup=1, duration_s=None, iters=20, rounds=3)
     with Progress() as bar:
-        (r,) = run_grid([linear_model(tmp_path / "m.onnx")], cfg, bar)
+        (r,) = bench.run_grid(bench.onnx_cells([linear_model(tmp_path / "m.onnx")], cfg), cfg, bar)
     speeds = r.extra["round_throughputs"]
     assert len(speeds) == 3 and speeds == sorted(speeds) and r.throughput == pytest.approx(speeds[1], abs=0.01)
     assert r.round_spread == pytest.approx((speeds[2] - speeds[0]) / speeds[1], rel=1e-4)
@@ -199,3 +200,23 @@ def test_speedup_pairs_rounds_so_machine_drift_cancels() -> None:
     base.extra["round_series"][1] = None  # a failed baseline round is left out of the pairs
     add_ratios([base, fast], None)
     assert fast.extra["speedup"] == pytest.approx(1.5)
+
+
+def test_torch_reference_shares_the_rounds_of_the_onnx_cells(tmp_path: Path, cifar10: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+
+    from .conftest import TINY_OVERRIDES
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"name: tiny\nmodel:\n  name: vit_tiny_patch16_224\n  overrides: {json.dumps(TINY_OVERRIDES)}\n")
+    linear_model(tmp_path / "m.onnx")
+    args = ["bench", str(tmp_path / "m.onnx"), "--torch", str(recipe), "--rounds", "2", "--iters", "5", "--warmup", "1",
+            "--json", str(tmp_path / "r.json")]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    torch_row = next(r for r in rows if r["model"] == "torch:tiny (eager)")
+    assert len(torch_row["x_round_throughputs"]) == 2 and torch_row["x_speedup"] > 0
+    assert torch_row["x_baseline"] == "m.onnx" and torch_row["runs"] == 5

@@ -111,3 +111,28 @@ def test_leftover_weights_are_stored_int8_and_computed_fp32(vit_onnx: Path, tmp_
 
     a, b = logits(plain), logits(stored)
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max()  # 8-bit weight rounding, nothing more
+
+
+def test_weight_zero_points_are_dropped_without_changing_outputs(vit_onnx: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(4).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    quantize_model(vit_onnx, tmp_path / "q.onnx", QuantizeSpec(mode="static"), ArrayCalibrationReader(INPUT_NAME, x, 16))
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    weight_dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dqs and all(len(n.input) == 2 for n in weight_dqs)
+    # Put explicit zeros back: the outputs must not change by a single bit.
+    explicit = onnx.load(str(tmp_path / "q.onnx"))
+    int8_weights = {name for name, i in inits.items() if i.data_type == onnx.TensorProto.INT8}
+    for node in explicit.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in int8_weights:
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            zero = numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{node.name}_zp")
+            explicit.graph.initializer.append(zero)
+            node.input.append(zero.name)
+    onnx.save(explicit, str(tmp_path / "explicit.onnx"))
+    import onnxruntime as ort
+
+    def logits(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
+
+    np.testing.assert_array_equal(logits(tmp_path / "q.onnx"), logits(tmp_path / "explicit.onnx"))

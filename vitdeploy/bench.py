@@ -405,18 +405,31 @@ def write_csv(path: Path, results: list[Result]) -> None:
         writer.writerows(rows)
 
 
-def run_grid(paths: list[Path], cfg: BenchConfig, bar: Progress) -> list[Result]:
-    """Every cell `cfg.rounds` times, round-robin; each cell keeps its median round."""
-    cells = [(p, prov, b, t) for p in paths for prov in cfg.providers for b in cfg.batches for t in cfg.threads]
+Cell = tuple[str, Callable[[BenchConfig], Result]]  # (progress label, measures one round)
+
+
+def onnx_cells(paths: list[Path], cfg: BenchConfig) -> list[Cell]:
+    def cell(path: Path, provider: str, batch: int, threads: int | None) -> Cell:
+        label = f"{path.name} {provider} b{batch}" + (f" t{threads}" if threads else "")
+        return label, lambda c: measure(path, provider, batch, threads, c)
+
+    return [cell(p, prov, b, t) for p in paths for prov in cfg.providers for b in cfg.batches for t in cfg.threads]
+
+
+def run_grid(cells: list[Cell], cfg: BenchConfig, bar: Progress) -> list[Result]:
+    """Every cell `cfg.rounds` times, round-robin; each cell keeps its median round.
+
+    Cells are ONNX models (`onnx_cells`) or anything else measured the same way (the PyTorch
+    reference), so that all of them share the rounds and their speedups pair up.
+    """
     task = bar.add_task("benchmarking", total=len(cells) * cfg.rounds)
     rounds: list[list[Result]] = [[] for _ in cells]
     for r in range(cfg.rounds):
-        for i, (path, prov, b, t) in enumerate(cells):
-            label = f"{path.name} {prov} b{b}" + (f" t{t}" if t else "")
+        # Profiles and placement do not change between rounds: record them once.
+        round_cfg = cfg if r == 0 else BenchConfig(**{**asdict(cfg), "profile_dir": None})
+        for i, (label, measure_round) in enumerate(cells):
             bar.update(task, info=label + (f" round {r + 1}/{cfg.rounds}" if cfg.rounds > 1 else ""))
-            # Profiles and placement do not change between rounds: record them once.
-            round_cfg = cfg if r == 0 else BenchConfig(**{**asdict(cfg), "profile_dir": None})
-            rounds[i].append(measure(path, prov, b, t, round_cfg))
+            rounds[i].append(measure_round(round_cfg))
             bar.advance(task)
     return [median_round(cell_rounds) for cell_rounds in rounds]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -172,12 +173,13 @@ def bench(
     )  # fmt: skip
     from vitdeploy.progress import progress_bar
 
+    cells = B.onnx_cells(paths, cfg)
+    if torch_recipe is not None:
+        cells += _torch_cells(torch_recipe, cfg, torch_compile, torch_amp)
     with progress_bar() as bar:
-        results = B.run_grid(paths, cfg, bar)
+        results = B.run_grid(cells, cfg, bar)
         if data is not None:
             B.add_accuracy(results, paths, data, bar)
-        if torch_recipe is not None:
-            results += _torch_reference(torch_recipe, cfg, torch_compile, torch_amp, bar)
     B.add_ratios(results, baseline)
     out.print(B.results_table(results))
     if profile:
@@ -227,20 +229,21 @@ def convert(
     )
 
 
-def _torch_reference(recipe: Path, cfg, compiled: bool, amp: bool, bar) -> list:
+def _torch_cells(recipe: Path, cfg, compiled: bool, amp: bool) -> list:
+    """The recipe's PyTorch model as bench cells (eager; compile and float16 autocast on request)."""
     from vitdeploy.bench_torch import load_reference, measure_torch
 
     label, model = load_reference(recipe)
     variants = [(False, False)] + [(True, False)] * compiled
     variants += [(c, True) for c, _ in variants] if amp else []
-    cells = [(p, b, t, v) for p in cfg.providers for b in cfg.batches for t in cfg.threads for v in variants]
-    cells = [cell for cell in cells if not (cell[3][1] and cell[0] == "cpu")]  # AMP is a GPU measurement
-    task = bar.add_task("PyTorch reference", total=len(cells))
-    results = []
-    for prov, b, t, (c, a) in cells:
-        results.append(measure_torch(label, model, prov, b, t, cfg, compiled=c, amp=a))
-        bar.advance(task)
-    return results
+    cells = []
+    for prov, b, t, (c, a) in itertools.product(cfg.providers, cfg.batches, cfg.threads, variants):
+        if a and prov == "cpu":
+            continue  # AMP is a GPU measurement
+        run = functools.partial(measure_torch, label, model, prov, b, t, compiled=c, amp=a)
+        kind = ("compile" if c else "eager") + (" amp" if a else "")
+        cells.append((f"{label} ({kind}) {prov} b{b}" + (f" t{t}" if t else ""), run))
+    return cells
 
 
 @data_app.command("get")
