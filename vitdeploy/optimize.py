@@ -36,9 +36,11 @@ def optimize_transformer(
     options.enable_gelu_approximation = spec.gelu_approximation
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
-    before = op_counts(onnx.load(str(source)))
+    model = onnx.load(str(source))
+    before = op_counts(model)
+    reordered = branch_first_residual_adds(model)
     optimized = optimizer.optimize_model(
-        str(source),
+        model,
         model_type=spec.model_type,
         num_heads=num_heads,
         hidden_size=hidden_size,
@@ -54,9 +56,38 @@ def optimize_transformer(
         "attention_fusion": fuse_attention,
         "fused_operators": fused,
         "skip_layernorm_split": split,
+        "residual_adds_reordered": reordered,
         "ops_before": before,
         "ops_after": op_counts(optimized.model),
     }
+
+
+def branch_first_residual_adds(model: onnx.ModelProto) -> int:
+    """Put the branch (a Linear's output: Add fed by MatMul) first in each residual Add.
+
+    ORT's attention fusion walks up from SkipLayerNormalization to the first Add parent it
+    finds and does not backtrack. In block 0 the residual input is itself an Add (the
+    pos-embed addition), so the walk took it and block 0 never fused. Addition commutes;
+    the outputs are unchanged. Returns how many Adds were reordered.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    weights = {init.name for init in model.graph.initializer}
+
+    def op_type(name: str) -> str | None:
+        return producer[name].op_type if name in producer else None
+
+    def is_linear_output(name: str) -> bool:
+        return op_type(name) == "Add" and any(op_type(i) == "MatMul" for i in producer[name].input)
+
+    reordered = 0
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or set(node.input) & weights:
+            continue
+        first, second = node.input
+        if is_linear_output(second) and not is_linear_output(first):
+            node.input[0], node.input[1] = second, first
+            reordered += 1
+    return reordered
 
 
 def split_skip_layernorm(model: onnx.ModelProto) -> int:
