@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,21 @@ def test_torch_reference_shares_the_rounds_of_the_onnx_cells(tmp_path: Path, cif
     torch_row = next(r for r in rows if r["model"] == "torch:tiny (eager)")
     assert len(torch_row["x_round_throughputs"]) == 2 and torch_row["x_speedup"] > 0
     assert torch_row["x_baseline"] == "m.onnx" and torch_row["runs"] == 5
+
+
+@pytest.mark.parametrize("use_kernel_peak", [True, False])
+def test_peak_rss_sees_a_transient_allocation_and_forgets_earlier_peaks(monkeypatch, use_kernel_peak: bool) -> None:
+    if not use_kernel_peak:  # the sampling thread, as on systems without /proc/self/clear_refs
+        monkeypatch.setattr(bench.PeakRSS, "_reset_kernel_peak", staticmethod(lambda: False))
+    elif not bench.PeakRSS._reset_kernel_peak():
+        pytest.skip("this kernel cannot reset VmHWM")
+    earlier = np.ones(400 * 2**20 // 8)  # a 400 MB peak before the block must not count
+    del earlier
+    with bench.PeakRSS() as quiet:
+        pass
+    with bench.PeakRSS(interval_s=0.005) as busy:
+        block = np.ones(200 * 2**20 // 8)  # touched, so resident
+        time.sleep(0.05)
+        del block
+    assert busy.peak_mb - quiet.peak_mb > 150
+    assert quiet.peak_mb < busy.peak_mb < quiet.peak_mb + 300

@@ -176,7 +176,8 @@ def bench(
     cells = B.onnx_cells(paths, cfg)
     if torch_recipe is not None:
         cells += _torch_cells(torch_recipe, cfg, torch_compile, torch_amp)
-    with progress_bar() as bar:
+    # The bar redraws from its own thread; once a second keeps it off the cores being timed.
+    with progress_bar(refresh_per_second=1) as bar:
         results = B.run_grid(cells, cfg, bar)
         if data is not None:
             B.add_accuracy(results, paths, data, bar)

@@ -23,7 +23,8 @@ class _Progress(Progress):
         return super().add_task(description, *args, **fields)
 
 
-def progress_bar() -> Progress:
+def progress_bar(refresh_per_second: float = 10) -> Progress:
+    """`refresh_per_second`: how often rich's thread redraws; timing loops want it rare."""
     return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -33,4 +34,5 @@ def progress_bar() -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=False,
+        refresh_per_second=refresh_per_second,
     )
