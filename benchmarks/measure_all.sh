@@ -23,3 +23,6 @@ cat $log/profiles.txt
 python benchmarks/overhead.py artifacts/vit_dynamic_int8.onnx --batch 16 --threads 2 | tee $log/overhead.txt
 python benchmarks/quant_grid.py recipes/deit_int8.yaml --samples 10000 --speed > $log/grid.txt 2>&1
 grep -a "variant=" $log/grid.txt
+# Why INT8 gains little here (the kernels on this model's shapes), and how steady the machine is.
+python benchmarks/gemm_ceiling.py | tee $log/gemm_ceiling.txt
+for b in 1 16; do python benchmarks/drift.py artifacts/vit_fp32.onnx --batch $b | tee $log/drift_b$b.txt; done
