@@ -54,6 +54,16 @@ def test_measure_reports_consistent_statistics(tmp_path: Path) -> None:
     assert r.throughput_mean == pytest.approx(4 * 1000 / r.latency_mean_ms, rel=1e-6)
     assert r.parameters == 3 * 8 * 8 * 64 + 64 + 2 and r.int8_share == 0
     assert r.peak_rss_mb > 10 and r.session_create_s > 0 and r.first_run_ms > 0
+    assert 0 <= r.model_rss_mb < r.peak_rss_mb
+
+
+def test_model_memory_counts_the_sessions_weights_not_the_process(tmp_path: Path) -> None:
+    """A 49 MB weight matrix shows up in the cell's memory; the interpreter and libraries do not."""
+    small = measure(linear_model(tmp_path / "small.onnx", width=64), "cpu", 1, 1, FAST)
+    big = measure(linear_model(tmp_path / "big.onnx", width=64_000), "cpu", 1, 1, FAST)
+    weights_mb = 3 * 8 * 8 * 64_000 * 4 / 2**20
+    assert small.model_rss_mb < 10 < small.peak_rss_mb
+    assert weights_mb * 0.9 < big.model_rss_mb < weights_mb * 3
 
 
 def test_duration_mode_honours_min_iters(tmp_path: Path) -> None:
@@ -139,6 +149,7 @@ def test_torch_reference_is_timed_like_onnx_cells() -> None:
     r = measure_torch("torch:tiny", model, "cpu", 2, 1, FAST)
     assert r.error is None and r.runs == 30 and r.model == "torch:tiny (eager)"
     assert r.parameters == sum(p.numel() for p in model.parameters())
+    assert r.model_rss_mb >= 4 * r.parameters / 2**20  # the weights, loaded before the cell began
     assert measure_torch("torch:tiny", model, "tensorrt", 1, 1, FAST).error
 
 

@@ -14,7 +14,9 @@ spread between rounds is kept beside it. The mean-based figure is kept as well.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import functools
 import os
 import platform
@@ -81,7 +83,8 @@ class Result:
     latency_max_ms: float = 0.0
     session_create_s: float = 0.0
     first_run_ms: float = 0.0
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # the whole process (interpreter, libraries, a loaded torch too)
+    model_rss_mb: float = 0.0  # what this cell added: its session (weights, arena) and runs
     peak_device_mb: float | None = None
     top1: float | None = None
     nodes_on_cpu: int | None = None
@@ -152,7 +155,7 @@ class PeakRSS:
     """
 
     def __init__(self, interval_s: float = 0.05) -> None:
-        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self.interval_s, self.peak, self.start, self._stop = interval_s, 0, 0, threading.Event()
         self._proc = psutil.Process()
         self._thread: threading.Thread | None = None
 
@@ -170,6 +173,8 @@ class PeakRSS:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakRSS:
+        release_freed_memory()  # so that `start` is what is really in use
+        self.start = self._proc.memory_info().rss
         if not self._reset_kernel_peak():
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -186,6 +191,16 @@ class PeakRSS:
     @property
     def peak_mb(self) -> float:
         return self.peak / 2**20
+
+    @property
+    def added_mb(self) -> float:
+        return max(0, self.peak - self.start) / 2**20
+
+
+def release_freed_memory() -> None:
+    """Hand memory that earlier cells freed back to the OS (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: baselines may include freed memory
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def kernel_peak_rss() -> int | None:
@@ -284,7 +299,7 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
             result.time_runner(make_runner(session, name, x, provider, cfg), cfg)
             if provider != "cpu":
                 result.peak_device_mb = device_memory_mb()
-        result.peak_rss_mb = rss.peak_mb
+        result.peak_rss_mb, result.model_rss_mb = rss.peak_mb, rss.added_mb
         del session
         if provider != "cpu" or cfg.profile_dir:
             # A separate short session: profiling slows the runs it records.
@@ -522,11 +537,12 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
 def results_table(results: list[Result]) -> Table:
     caption = (
         "sorted by throughput (batch / median latency); ratios against each row's baseline;\n"
-        "spread: (max - min) / median of the rounds' throughputs"
+        "spread: (max - min) / median of the rounds' throughputs;\n"
+        "mem: resident memory the cell added (session, weights, arena, runs; PyTorch: model and runs)"
     )
     table = Table(title="vitdeploy bench", caption=caption)
     cols = ("model", "provider", "batch", "threads", "img/s", "p50 ms", "p99 ms", "runs", "MB", "int8 %",
-            "RSS MB", "top-1", "speedup", "size", "spread", "note")  # fmt: skip
+            "mem MB", "top-1", "speedup", "size", "spread", "note")  # fmt: skip
     for c in cols:
         table.add_column(c, justify="left" if c in ("model", "provider") else "right")
     for r in sorted((r for r in results if not r.error), key=lambda r: -r.throughput):
@@ -534,7 +550,7 @@ def results_table(results: list[Result]) -> Table:
         table.add_row(
             r.model, r.provider, str(r.batch), str(r.threads or "default"), f"{r.throughput:,.0f}",
             f"{r.latency_p50_ms:.2f}", f"{r.latency_p99_ms:.2f}", str(r.runs), f"{r.file_bytes / 1e6:.2f}",
-            f"{100 * r.int8_share:.0f}", f"{r.peak_rss_mb:.0f}", "" if r.top1 is None else f"{r.top1:.2%}",
+            f"{100 * r.int8_share:.0f}", f"{r.model_rss_mb:.0f}", "" if r.top1 is None else f"{r.top1:.2%}",
             "" if speed is None else f"{speed:.2f}x", "" if size is None else f"{size:.2f}x",
             "" if r.round_spread is None else f"{r.round_spread:.1%}", "CPU fallback" if r.falls_back else "",
         )  # fmt: skip

@@ -50,7 +50,9 @@ def measure_torch(label: str, model: torch.nn.Module, provider: str, batch: int,
             torch.cuda.reset_peak_memory_stats()
         with PeakRSS() as rss:
             result.time_runner(run, cfg)
-        result.peak_rss_mb = rss.peak_mb
+        # The model was loaded before the cell began, so its CPU-resident tensors are added here.
+        on_host = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if t.device.type == "cpu")
+        result.peak_rss_mb, result.model_rss_mb = rss.peak_mb, rss.added_mb + on_host / 2**20
         if device.type == "cuda":
             result.peak_device_mb = torch.cuda.max_memory_allocated() / 2**20
     except Exception as e:
