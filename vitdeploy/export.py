@@ -15,6 +15,7 @@ from torch import nn
 
 from vitdeploy.data import ImageSet, batches, preprocess
 from vitdeploy.evaluate import onnx_logits, torch_logits
+from vitdeploy.export_rules import apply_export_rules
 from vitdeploy.models import split_qkv
 from vitdeploy.recipe import ExportSpec, Preprocess
 from vitdeploy.storage import atomic_path
@@ -27,6 +28,7 @@ def export_onnx(model: nn.Module, spec: ExportSpec, img_size: int, target: Path)
     model = copy.deepcopy(model).cpu().eval()
     if spec.split_qkv:
         split_qkv(model)
+    apply_export_rules(model)
     example = torch.randn(spec.trace_batch, 3, img_size, img_size)
     with atomic_path(target) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

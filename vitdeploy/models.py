@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import difflib
 import pickle
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from timm.layers.attention import Attention
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from vitdeploy.architecture import METADATA_KEY, Architecture, BlockArch, read_architecture
 from vitdeploy.errors import UserError
 from vitdeploy.recipe import ModelSpec
 from vitdeploy.storage import atomic_path
@@ -43,16 +49,173 @@ def validate_model_name(name: str) -> None:
 
 
 def create_model(spec: ModelSpec) -> VisionTransformer:
-    """A timm ViT with the recipe's overrides and weights (pretrained or checkpoint)."""
+    """A timm ViT with the recipe's overrides and weights (pretrained or checkpoint).
+
+    A checkpoint written by vitdeploy carries its architecture (pruned widths, Nyström
+    attention, distillation token); the model is rebuilt from that, so it loads exactly.
+    """
     validate_model_name(spec.name)
     overrides = spec.overrides.model_dump(exclude_none=True)
-    # exportable=True keeps timm off code paths that trace badly (e.g. fused SDPA).
-    model = timm.create_model(spec.name, pretrained=spec.pretrained, exportable=True, **overrides)
-    if not isinstance(model, VisionTransformer):
-        raise UserError(f"model.name: '{spec.name}' did not build a VisionTransformer")
+    stored = read_architecture(spec.checkpoint) if spec.checkpoint is not None else None
+    if stored is not None:
+        if stored.timm_name != spec.name or _shape_overrides(stored.overrides) != _shape_overrides(overrides):
+            raise UserError(
+                f"model.checkpoint {spec.checkpoint} holds a {stored.timm_name} {stored.overrides}, but the recipe "
+                f"asks for {spec.name} {overrides}; make model.name and model.overrides match the checkpoint"
+            )
+        model = build_model(replace_overrides(stored, overrides))
+    else:
+        # exportable=True keeps timm off code paths that trace badly (e.g. fused SDPA).
+        with seeded_init():
+            model = timm.create_model(spec.name, pretrained=spec.pretrained, exportable=True, **overrides)
+        if not isinstance(model, VisionTransformer):
+            raise UserError(f"model.name: '{spec.name}' did not build a VisionTransformer")
+        model.vitdeploy_source = {"timm_name": spec.name, "overrides": overrides}
     _disable_fused_attention(model)
     if spec.checkpoint is not None:
         load_weights(model, spec.checkpoint)
+    return model
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int = 0) -> Iterator[None]:
+    """Random initialisation from a fixed seed, leaving the global RNG as it was.
+
+    torch seeds itself randomly per process: without this, two builds of the same recipe
+    (or two processes of one distributed build) would start from different weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# Overrides that only change training behaviour; a checkpoint may be fine-tuned with others.
+_TRAINING_ONLY = ("drop_path_rate",)
+
+
+def _shape_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in overrides.items() if k not in _TRAINING_ONLY}
+
+
+def replace_overrides(arch: Architecture, overrides: dict[str, Any]) -> Architecture:
+    """`arch` with the recipe's training-only overrides (drop path) applied."""
+    extra = {k: v for k, v in overrides.items() if k in _TRAINING_ONLY}
+    return Architecture(arch.timm_name, arch.overrides | extra, arch.embed_dim, arch.blocks, arch.distilled)
+
+
+# ---------------------------------------------------------------- architecture <-> model
+
+# Attention kinds other than timm's exact attention: kind -> builder(exact, params, num_tokens).
+AttentionBuilder = Callable[[Attention, dict[str, Any], int], nn.Module]
+ATTENTION_KINDS: dict[str, AttentionBuilder] = {}
+
+
+def register_attention(kind: str) -> Callable[[AttentionBuilder], AttentionBuilder]:
+    def decorator(fn: AttentionBuilder) -> AttentionBuilder:
+        ATTENTION_KINDS[kind] = fn
+        return fn
+
+    return decorator
+
+
+def attention_builder(kind: str) -> AttentionBuilder:
+    import vitdeploy.nystrom  # noqa: F401  (registers its kind)
+
+    if kind not in ATTENTION_KINDS:
+        raise UserError(f"unknown attention kind '{kind}'; known: exact, {', '.join(sorted(ATTENTION_KINDS))}")
+    return ATTENTION_KINDS[kind]
+
+
+def num_tokens(model: VisionTransformer) -> int:
+    return model.patch_embed.num_patches + model.num_prefix_tokens
+
+
+def describe(model: VisionTransformer) -> Architecture:
+    """The architecture of a (possibly pruned, distilled or Nyström) model built by vitdeploy."""
+    source = getattr(model, "vitdeploy_source", None)
+    if source is None:
+        raise ValueError("model was not created by vitdeploy.models (no vitdeploy_source)")
+    blocks = []
+    for blk in model.blocks:
+        attn = blk.attn
+        spec = getattr(attn, "attention_spec", None)
+        blocks.append(
+            BlockArch(
+                num_heads=attn.num_heads,
+                head_dim=attn.head_dim,
+                mlp_hidden=blk.mlp.fc1.out_features,
+                attention=dict(spec) if spec else {"kind": "exact"},
+            )
+        )
+    distilled = isinstance(model, VisionTransformerDistilled)
+    return Architecture(source["timm_name"], dict(source["overrides"]), model.embed_dim, tuple(blocks), distilled)
+
+
+def build_model(arch: Architecture) -> VisionTransformer:
+    """A randomly initialised model of exactly this architecture."""
+    validate_model_name(arch.timm_name)
+    first = arch.blocks[0].num_heads
+    # timm asserts embed_dim % num_heads == 0 while building; every block is resized below anyway.
+    heads = first if arch.embed_dim % first == 0 else 1
+    kwargs = arch.overrides | {"embed_dim": arch.embed_dim, "depth": len(arch.blocks), "num_heads": heads}
+    with seeded_init():
+        model = timm.create_model(arch.timm_name, pretrained=False, exportable=True, **kwargs)
+    model.vitdeploy_source = {"timm_name": arch.timm_name, "overrides": dict(arch.overrides)}
+    if arch.distilled and not isinstance(model, VisionTransformerDistilled):
+        model = add_distillation_token(model)
+    for blk, spec in zip(model.blocks, arch.blocks, strict=True):
+        resize_block(blk, spec)
+        kind = spec.attention.get("kind", "exact")
+        if kind != "exact":
+            params = {k: v for k, v in spec.attention.items() if k != "kind"}
+            blk.attn = attention_builder(kind)(blk.attn, params, num_tokens(model))
+    _disable_fused_attention(model)
+    return model
+
+
+def resized_linear(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(in_features, out_features, bias=old.bias is not None)
+
+
+def resize_block(blk: nn.Module, spec: BlockArch) -> None:
+    """Give a block `spec`'s head count, head width and MLP width (new, uninitialised Linears)."""
+    attn, mlp = blk.attn, blk.mlp
+    if (attn.num_heads, attn.head_dim) != (spec.num_heads, spec.head_dim):
+        dim, dim_out = attn.qkv.in_features, attn.proj.out_features
+        attn.qkv = resized_linear(attn.qkv, dim, 3 * spec.attn_dim)
+        attn.proj = resized_linear(attn.proj, spec.attn_dim, dim_out)
+        set_heads(attn, spec.num_heads, spec.head_dim)
+    if mlp.fc1.out_features != spec.mlp_hidden:
+        mlp.fc1 = resized_linear(mlp.fc1, mlp.fc1.in_features, spec.mlp_hidden)
+        mlp.fc2 = resized_linear(mlp.fc2, spec.mlp_hidden, mlp.fc2.out_features)
+
+
+def set_heads(attn: nn.Module, num_heads: int, head_dim: int) -> None:
+    """Keep timm's bookkeeping in step with the weights: the scale and attn_dim too."""
+    attn.num_heads, attn.head_dim, attn.attn_dim = num_heads, head_dim, num_heads * head_dim
+    attn.scale = head_dim**-0.5
+
+
+def add_distillation_token(model: VisionTransformer) -> VisionTransformerDistilled:
+    """Turn a plain ViT into DeiT's distilled form, starting from its own weights.
+
+    The distillation token starts as a copy of the class token (with its position embedding)
+    and the distillation head as a copy of the head. The outputs are close to the old model's,
+    not equal: every query now sees the class key twice, which shifts its softmax weights a
+    little. timm's VisionTransformerDistilled adds only these members to VisionTransformer, so
+    the model is converted in place.
+    """
+    if isinstance(model, VisionTransformerDistilled):
+        return model
+    if model.global_pool != "token" or model.cls_token is None or model.no_embed_class:
+        raise UserError("a distillation token needs a class-token ViT (global_pool: token, class_token: true)")
+    pos = model.pos_embed.data
+    model.__class__ = VisionTransformerDistilled
+    model.num_prefix_tokens = 2
+    model.dist_token = nn.Parameter(model.cls_token.data.clone())
+    model.pos_embed = nn.Parameter(torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1))
+    model.head_dist = copy.deepcopy(model.head)
+    model.distilled_training = False
     return model
 
 
@@ -108,12 +271,18 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 
 def save_weights(model: nn.Module, path: Path, half: bool = False, metadata: dict[str, str] | None = None) -> None:
-    """safetensors, written atomically; `half` stores floating tensors as fp16."""
+    """safetensors, written atomically, with the model's architecture in the metadata.
+
+    `half` stores floating tensors as fp16.
+    """
+    metadata = dict(metadata or {})
+    if getattr(model, "vitdeploy_source", None) is not None:
+        metadata[METADATA_KEY] = describe(model).to_json()
     state = {
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()
     }
     with atomic_path(Path(path)) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        save_file(state, str(tmp), metadata=metadata or None)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -166,10 +335,36 @@ class SplitQKVAttention(nn.Module):
 
 
 def split_qkv(model: nn.Module) -> nn.Module:
-    """Replace every timm Attention in place by SplitQKVAttention; returns the model."""
+    """Replace every timm Attention in place by SplitQKVAttention; returns the model.
+
+    Exact type match: a subclass or another attention kind (Nyström) keeps its own forward.
+    """
     for name, child in list(model.named_children()):
-        if isinstance(child, Attention):
+        if type(child) is Attention:
             setattr(model, name, SplitQKVAttention(child))
         else:
             split_qkv(child)
+    return model
+
+
+def count_macs(model: nn.Module, img_size: int) -> int:
+    """Multiply-accumulates of one image's forward pass (matrix products and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, img_size, img_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def load_model(path: Path) -> VisionTransformer:
+    """Rebuild a model saved by `save_weights` (architecture from its metadata) with its weights."""
+    arch = read_architecture(path)
+    if arch is None:
+        raise UserError(f"{path}: no vitdeploy architecture in its metadata; give model.name and overrides instead")
+    model = build_model(arch)
+    load_weights(model, path)
     return model
