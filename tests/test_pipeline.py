@@ -24,8 +24,8 @@ CPU = torch.device("cpu")
 
 
 def teacher_recipe(tmp_path: Path, name: str, samples: int = 1000, **sections) -> Path:
-    """The shipped deit_int8 recipe, pointed at a temporary output and fewer images."""
-    recipe = load_recipe(ROOT / "recipes" / "deit_int8.yaml").model_dump(mode="json")
+    """The shipped vit_static_int8 recipe (the teacher to static INT8), pointed at a temporary output and fewer images."""
+    recipe = load_recipe(ROOT / "recipes" / "vit_static_int8.yaml").model_dump(mode="json")
     recipe["name"] = name
     recipe["output"]["dir"] = str(tmp_path / "out")
     recipe["evaluate"]["samples"] = samples
@@ -144,18 +144,22 @@ def test_finetune_learns_checkpoints_and_resumes(cifar10: Path, tmp_path: Path) 
             "output": {"dir": str(tmp_path)},
         }
     )  # fmt: skip
-    model, ctx = run_stages(recipe, CPU)
-    history = ctx.report["finetune"]["epochs"]
+    model, reports = run_stages(recipe, CPU)
+    history = reports[0]["report"]["epochs"]
     assert len(history) == 2
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["eval_acc"] > 0.2  # chance is 0.1
     stage_dirs = list((tmp_path / ".work" / "ft").iterdir())
     assert len(stage_dirs) == 1 and (stage_dirs[0] / "last.pt").is_file()
 
+    # A cache hit restores the stage's report with its model.
+    _, reports_cached = run_stages(recipe, CPU)
+    assert reports_cached[0]["cached"] and reports_cached[0]["report"] == reports[0]["report"]
+
     # The finished checkpoint resumes without training again and gives the same weights.
     (stage_dirs[0] / "model.safetensors").unlink()
-    again, ctx2 = run_stages(recipe, CPU)
-    assert ctx2.report["finetune"]["epochs"] == history
+    again, reports2 = run_stages(recipe, CPU)
+    assert not reports2[0]["cached"] and reports2[0]["report"]["epochs"] == history
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(again(x), model(x))
 

@@ -291,3 +291,19 @@ def preprocess(images: np.ndarray, spec: Preprocess, size: int | None = None) ->
 def batches(images: ImageSet, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(images), batch_size):
         yield images.images[start : start + batch_size], images.labels[start : start + batch_size]
+
+
+def data_identity(spec: DataSpec) -> dict:
+    """What a trained model depends on in the data: which images (by content) and how they are fed."""
+    if spec.source is not None:
+        fingerprint = source_fingerprint(spec.source)
+    else:
+        meta = DataStore(spec.cache_dir).meta(dataset_name(spec)) or {}
+        fingerprint = meta.get("fingerprint", "absent")
+    return {
+        "dataset": dataset_name(spec),
+        "fingerprint": fingerprint,
+        "train_split": spec.train_split,
+        "eval_split": spec.eval_split,
+        "preprocess": spec.preprocess.model_dump(mode="json"),
+    }

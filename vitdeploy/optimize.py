@@ -35,7 +35,7 @@ def optimize_transformer(
     options.enable_attention = fuse_attention
     options.enable_gelu_approximation = spec.gelu_approximation
 
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     model = onnx.load(str(source))
     before = op_counts(model)
     reordered = branch_first_residual_adds(model)

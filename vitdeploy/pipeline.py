@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
 import platform
 import resource
@@ -22,15 +23,16 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from vitdeploy import __version__
-from vitdeploy.data import ImageSet, load_split, preprocess
+from vitdeploy.data import ImageSet, data_identity, load_split, preprocess
 from vitdeploy.errors import BuildError
 from vitdeploy.evaluate import onnx_accuracy, torch_accuracy
 from vitdeploy.export import INPUT_NAME, check_parity, export_onnx
 from vitdeploy.graph import stamp_preprocess
-from vitdeploy.models import count_parameters, create_model, load_weights, save_weights
+from vitdeploy.models import count_macs, count_parameters, create_model, describe, load_model, save_weights
 from vitdeploy.optimize import optimize_transformer
 from vitdeploy.progress import console
 from vitdeploy.quantize import ArrayCalibrationReader, quantize_model
@@ -43,31 +45,64 @@ def work_dir(recipe: Recipe) -> Path:
     return recipe.output.dir / ".work" / recipe.artifact_name
 
 
+def referenced_files(value: object) -> list[Path]:
+    """Every existing file a config refers to (checkpoints, teachers), in order."""
+    if isinstance(value, Path):
+        return [value] if value.is_file() else []
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in referenced_files(v)]
+    if isinstance(value, list | tuple):
+        return [f for v in value for f in referenced_files(v)]
+    return []
+
+
 def stage_key(recipe: Recipe, upto: int) -> str:
-    """Identity of the model after stage `upto`: the model spec, its weights, the stages so far."""
+    """Identity of the model after stage `upto`.
+
+    It covers the model spec and its checkpoint's content, the data (content fingerprint,
+    splits, preprocessing) and every stage config so far with the content of each file they
+    name (a teacher's weights, say). Anything else that changes leaves the cache valid.
+    """
     h = hashlib.sha256(recipe.model.model_dump_json().encode())
-    if recipe.model.checkpoint:
-        h.update(sha256_file(recipe.model.checkpoint).encode())
-    for cfg in recipe.stages[: upto + 1]:
-        h.update(cfg.model_dump_json().encode())
+    h.update(json.dumps(data_identity(recipe.data), sort_keys=True).encode())
+    for cfg in [recipe.model, *recipe.stages[: upto + 1]]:
+        if cfg is not recipe.model:
+            h.update(cfg.model_dump_json().encode())
+        for path in referenced_files(cfg):
+            h.update(sha256_file(path).encode())
     return h.hexdigest()[:12]
 
 
-def run_stages(recipe: Recipe, device: torch.device) -> tuple[nn.Module, StageContext]:
-    """Apply the recipe's stages in order, reusing a stage's saved output when it is current."""
+def run_stages(recipe: Recipe, device: torch.device) -> tuple[nn.Module, list[dict]]:
+    """Apply the recipe's stages in order, reusing a stage's saved output when it is current.
+
+    Each stage's output is saved with its architecture, so a cached pruned, distilled or
+    Nyström model rebuilds exactly. The report is written after the weights: a stage folder
+    with both is complete. Returns the model and one report per stage position.
+    """
     model = create_model(recipe.model)
-    ctx = StageContext(recipe=recipe, device=device, work_dir=work_dir(recipe))
+    splits: dict = {}
+    reports = []
     for i, cfg in enumerate(recipe.stages):
-        ctx.work_dir = work_dir(recipe) / f"{i}-{cfg.stage}-{stage_key(recipe, i)}"
-        cached = ctx.work_dir / "model.safetensors"
-        if cached.is_file():
-            # Architecture-changing stages (pruning) will store their shapes beside the weights.
-            load_weights(model, cached)
-            console.print(f"[cyan]stage {cfg.stage}: reusing {cached}")
-            continue
-        model = get_stage(cfg.stage)(model, ctx, cfg)
-        save_weights(model, cached)
-    return model.eval(), ctx
+        folder = work_dir(recipe) / f"{i}-{cfg.stage}-{stage_key(recipe, i)}"
+        weights, report_file = folder / "model.safetensors", folder / "report.json"
+        cached = weights.is_file() and report_file.is_file()
+        if cached:
+            console.print(f"[cyan]stage {i} {cfg.stage}: reusing {weights}")
+            model, report = load_model(weights), json.loads(report_file.read_text())
+        else:
+            console.rule(f"stage {i}: {cfg.stage}")
+            ctx = StageContext(recipe=recipe, device=device, work_dir=folder, index=i, _splits=splits)
+            model = get_stage(cfg.stage)(model, ctx, cfg)
+            report = ctx.report
+            save_weights(model, weights)
+            write_json_atomic(report_file, report)
+        reports.append(
+            {"index": i, "stage": cfg.stage, "config": cfg.model_dump(mode="json"), "cached": cached, "report": report}
+        )
+    return model.to(device).eval(), reports
 
 
 @dataclass
@@ -116,7 +151,7 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
     pre = recipe.data.preprocess
 
     with timer.step("stages"):
-        model, ctx = run_stages(recipe, device)
+        model, stage_reports = run_stages(recipe, device)
     img_size = model.patch_embed.img_size[0]
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
@@ -132,8 +167,8 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
         if recipe.optimize.enabled:
             fuse = recipe.optimize.fuse_attention
             fuse = recipe.quantize.mode != "static" if fuse == "auto" else fuse
-            heads = model.blocks[0].attn.num_heads
-            optimize_report = optimize_transformer(raw, fp32, recipe.optimize, heads, model.embed_dim, fuse)
+            # Heads 0: ORT reads each block's head count from its graph (pruned blocks differ).
+            optimize_report = optimize_transformer(raw, fp32, recipe.optimize, 0, 0, fuse)
         else:
             shutil.copyfile(raw, fp32)
         parity = check_parity(model, fp32, parity_set, pre, img_size)
@@ -196,7 +231,7 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
 
     manifest = {
         "name": name,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "recipe": {
             "path": str(recipe_path),
             "sha256": recipe.digest(),
@@ -209,7 +244,11 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
             "pretrained": recipe.model.pretrained,
             "checkpoint": str(recipe.model.checkpoint) if recipe.model.checkpoint else None,
             "checkpoint_sha256": sha256_file(recipe.model.checkpoint) if recipe.model.checkpoint else None,
+        },
+        "model": {
             "parameters": count_parameters(model),
+            "macs": count_macs(model, img_size),
+            "architecture": describe(model).summary(),
         },
         "preprocess": preprocessing,
         "artifacts": files,
@@ -224,11 +263,7 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
         "optimize": optimize_report,
         "quantize": quantize_report,
         "evaluate": {"split": recipe.data.eval_split, "images": len(eval_set), "top1": top1},
-        "stages": [
-            {"stage": cfg.stage, "config": cfg.model_dump()}
-            | ({"report": ctx.report[cfg.stage]} if cfg.stage in ctx.report else {})
-            for cfg in recipe.stages
-        ],
+        "stages": stage_reports,
         "sizes_bytes": {k: v["bytes"] for k, v in files.items()},
         "timings_s": timer.seconds | {"total": round(time.perf_counter() - started, 2)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -25,7 +25,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # A docstring under a field is its description (the generated recipe reference shows it).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
 
 
 # ---------------------------------------------------------------- model
@@ -43,7 +44,9 @@ class ModelOverrides(Section):
     mlp_ratio: float | None = Field(None, gt=0)
     drop_path_rate: float | None = Field(None, ge=0, lt=1)
     class_token: bool | None = None
+    """no class token (timm: class_token=False; pair with global_pool: avg)"""
     global_pool: Literal["token", "avg"] | None = None
+    """classify from the class token or the mean of the patch tokens"""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelOverrides:
@@ -58,7 +61,12 @@ class ModelSpec(Section):
     name: str = Field(description="timm model name of the VisionTransformer family")
     overrides: ModelOverrides = ModelOverrides()
     pretrained: bool = False
-    checkpoint: Path | None = Field(None, description="safetensors or torch state dict")
+    """timm/Hugging Face weights (needs internet or a filled cache)"""
+    checkpoint: Path | None = Field(
+        None,
+        description="safetensors (a vitdeploy file rebuilds its stored architecture: pruned, distilled, Nyström) "
+        "or a torch state dict loaded with weights_only=True",
+    )
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> ModelSpec:
@@ -74,8 +82,11 @@ class Preprocess(Section):
     """Stored in the manifest: a mismatch here is the classic 'ONNX lost 7 points'."""
 
     mean: tuple[float, float, float] = CIFAR10_MEAN
+    """per-channel mean subtracted after scaling to [0, 1]"""
     std: tuple[float, float, float] = CIFAR10_STD
+    """per-channel standard deviation"""
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    """resampling when images are not the model size"""
 
     @field_validator("std")
     @classmethod
@@ -89,35 +100,41 @@ class DataSpec(Section):
     dataset: str = Field("cifar10", description="'cifar10' or any name for an ImageFolder")
     source: Path | None = Field(None, description="archive or folder; omit to use the cache filled by `vitdeploy data get`")
     train_split: str = "train"
+    """split trained and calibrated on"""
     eval_split: str = "test"
+    """split every model is scored on"""
     preprocess: Preprocess = Preprocess()
     cache_dir: Path | None = None
+    """where decoded arrays live; default $VITDEPLOY_CACHE or ~/.cache/vitdeploy"""
 
 
 # ---------------------------------------------------------------- stages
 
 
-class FinetuneConfig(Section):
-    stage: Literal["finetune"] = "finetune"
-    epochs: int = Field(10, gt=0)
-    batch_size: int = Field(128, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float = Field(1e-5, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+class TrainingConfig(Section):
+    """What every training stage shares: the schedule, augmentation and device settings."""
+
+    epochs: int = Field(10, gt=0, description="passes over the training images")
+    batch_size: int = Field(128, gt=0, description="global batch; split across processes under torchrun")
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate (after warmup)")
+    min_lr: float = Field(1e-5, ge=0, description="end of the cosine decay")
+    weight_decay: float = Field(0.05, ge=0, description="not applied to norms, biases, tokens, position embeddings")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup, in epochs (fractions allowed)")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; none: no clipping")
     augment: Literal["none", "flip_crop", "randaugment"] = "flip_crop"
+    """batched on the training device; none lets distill cache the teacher's logits"""
     randaugment_ops: int = Field(2, ge=0)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     train_samples: int | None = Field(None, gt=0, description="subset size; default all")
     eval_samples: int | None = Field(2000, gt=0, description="held-out images scored per epoch")
     amp: bool = Field(True, description="bf16/fp16 autocast on CUDA; ignored on CPU")
     seed: int = 0
-    num_threads: int | None = Field(None, gt=0)
+    """data order, augmentation and subsets"""
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for training; default: torch's")
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> FinetuneConfig:
+    def _warmup_fits(self) -> TrainingConfig:
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         if self.min_lr > self.lr:
@@ -125,8 +142,90 @@ class FinetuneConfig(Section):
         return self
 
 
-# Every stage config class. Later stages (distill, prune, nystrom) are added here.
-STAGE_CONFIGS: tuple[type[Section], ...] = (FinetuneConfig,)
+class FinetuneConfig(TrainingConfig):
+    """Cross-entropy training of the model as it is."""
+
+    stage: Literal["finetune"] = "finetune"
+
+
+class TeacherSpec(Section):
+    """Any timm model (ViT or CNN) with weights; its class count must match the student's."""
+
+    name: str
+    """timm model name"""
+    overrides: dict[str, Any] = {}
+    """timm.create_model keyword arguments (a vitdeploy checkpoint brings its own architecture)"""
+    checkpoint: Path | None = None
+    """teacher weights; a vitdeploy safetensors file rebuilds its exact architecture"""
+    pretrained: bool = False
+
+
+class DistillConfig(TrainingConfig):
+    """Knowledge distillation from a teacher (Hinton et al.; DeiT, Touvron et al.)."""
+
+    stage: Literal["distill"] = "distill"
+    teacher: TeacherSpec
+    mode: Literal["soft", "hard", "token"] = Field(
+        "token",
+        description="soft: KL on temperature-softened logits; hard: half CE on labels, half on the teacher's "
+        "argmax; token: DeiT's distillation token and head, trained on the teacher's argmax",
+    )
+    alpha: float = Field(0.5, ge=0, le=1, description="soft: weight of the distillation term against cross-entropy")
+    temperature: float = Field(3.0, gt=0, description="soft: tau; the KL term is scaled by tau^2")
+
+
+class PruneConfig(Section):
+    """Structured pruning: removes whole heads and MLP hidden units (optionally embedding channels)."""
+
+    stage: Literal["prune"] = "prune"
+    ratio: float | None = Field(
+        None, gt=0, lt=1, description="fraction of the model's parameters to remove, ranked globally over heads and MLP units"
+    )
+    head_ratio: float | None = Field(None, ge=0, lt=1, description="per-layer: fraction of heads removed in every block")
+    mlp_ratio: float | None = Field(
+        None, ge=0, lt=1, description="per-layer: fraction of MLP hidden units removed in every block"
+    )
+    embed_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of embedding channels removed (all blocks share them)")
+    importance: Literal["taylor", "l1", "kl"] = "taylor"
+    """taylor: abs(sum of w * dL/dw) over the structure; l1: sum of abs(w); kl: KL divergence of the
+    outputs with the structure removed (one pass over the sample per structure)"""
+    samples: int = Field(512, gt=0, description="training images for taylor/kl importance")
+    batch_size: int = Field(64, gt=0)
+    steps: int = Field(1, ge=1, description="prune in this many steps, re-scoring in between")
+    min_heads: int = Field(1, ge=1, description="heads every block keeps at least")
+    round_mlp_to: int = Field(8, ge=1, description="keep MLP widths a multiple of this (fast kernels)")
+    seed: int = 0
+    """which training images score importance"""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PruneConfig:
+        per_layer = self.head_ratio is not None or self.mlp_ratio is not None
+        if self.ratio is not None and per_layer:
+            raise ValueError("give either ratio (global) or head_ratio/mlp_ratio (per layer), not both")
+        if self.ratio is None and not per_layer and self.embed_ratio == 0:
+            raise ValueError("nothing to prune: give ratio, head_ratio/mlp_ratio or embed_ratio")
+        return self
+
+
+class NystromConfig(Section):
+    """Replace exact softmax attention by Nyström attention with `landmarks` landmarks."""
+
+    stage: Literal["nystrom"] = "nystrom"
+    landmarks: int = Field(32, gt=0, description="m: segment means of queries and keys; at most the token count")
+    blocks: list[int] | None = Field(None, description="block indices to replace; default all")
+    pinv_iterations: int = Field(6, ge=1, le=20, description="iterations of the MatMul-only pseudo-inverse")
+    conv_kernel: int = Field(0, ge=0, description="odd kernel of a depthwise conv residual on V; 0 = none")
+
+    @field_validator("conv_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v and v % 2 == 0:
+            raise ValueError("conv_kernel must be odd (or 0)")
+        return v
+
+
+# Every stage config class; `vitdeploy.stages` has one implementation per entry.
+STAGE_CONFIGS: tuple[type[Section], ...] = (FinetuneConfig, DistillConfig, PruneConfig, NystromConfig)
 StageConfig = Annotated[Union[STAGE_CONFIGS], Field(discriminator="stage")]  # noqa: UP007
 
 
@@ -140,15 +239,18 @@ class ExportSpec(Section):
     )
     opset: int = Field(17, ge=17, le=23, description=">= 17 gives a single LayerNormalization op")
     dynamic_batch: bool = True
+    """a dynamic batch axis in the ONNX graph"""
     trace_batch: int = Field(2, ge=2, description="batch >= 2 so no exporter can bake in batch 1")
     split_qkv: bool = Field(True, description="separate q/k/v Linears so ORT fuses Attention")
-    parity_samples: int = Field(256, gt=0)
-    min_top1_agreement: float = Field(0.995, gt=0, le=1)
+    parity_samples: int = Field(256, gt=0, description="evaluation images compared between PyTorch and ONNX")
+    min_top1_agreement: float = Field(0.995, gt=0, le=1, description="parity gate: no artifact below this")
 
 
 class OptimizeSpec(Section):
     enabled: bool = True
+    """run ONNX Runtime's transformer optimizer"""
     model_type: Literal["vit"] = "vit"
+    """the optimizer's model type"""
     fuse_attention: bool | Literal["auto"] = Field(
         "auto",
         description="auto: fuse unless quantizing statically (static INT8 cannot quantize a "
@@ -166,6 +268,7 @@ class OptimizeSpec(Section):
 
 class CalibrationSpec(Section):
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """how activation ranges are chosen"""
     samples: int = Field(256, gt=0)
     split: str = Field("train", description="must differ from the evaluation split")
     percentile: float = Field(99.999, gt=90, le=100)
@@ -180,11 +283,15 @@ class CalibrationSpec(Section):
 
 class QuantizeSpec(Section):
     mode: Literal["none", "dynamic", "static"] = "static"
+    """static: activation scales calibrated once; dynamic: computed per batch at run time"""
     format: Literal["qdq", "qoperator"] = "qdq"
+    """static only: QuantizeLinear/DequantizeLinear pairs or QLinear* operators"""
     per_channel: bool = True
+    """one weight scale per output channel"""
     reduce_range: bool | Literal["auto"] = Field("auto", description="auto: on when the CPU lacks VNNI (U8S8 can saturate there)")
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
+    """U8S8 (uint8 activations, int8 weights) is the fast CPU form"""
     op_types: list[str] = Field(
         default_factory=lambda: ["MatMul", "Gemm"],
         description="ops to quantize; the default leaves Softmax/LayerNorm/GELU/Add in FP32",
@@ -199,7 +306,9 @@ class QuantizeSpec(Section):
         True, description="leave the node producing the logits in FP32 (tiny; errors there count most)"
     )
     exclude_nodes: list[str] = []
+    """node names left in FP32"""
     exclude_op_types: list[str] = []
+    """op types left in FP32"""
     store_other_weights_int8: bool = Field(
         True,
         description="store the FP32 weights left over (pos-embed, patch-embedding Conv) as INT8 + DequantizeLinear: "
@@ -212,11 +321,13 @@ class QuantizeSpec(Section):
 class EvaluateSpec(Section):
     samples: int | None = Field(None, gt=0, description="evaluation images; default: the split")
     torch: bool = True
+    """also score the PyTorch model"""
     batch_size: int = Field(64, gt=0)
 
 
 class OutputSpec(Section):
     dir: Path = Path("../artifacts")
+    """where artifacts and the manifest go (relative to the recipe)"""
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
@@ -224,11 +335,13 @@ class OutputSpec(Section):
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="artifact name")
     description: str = ""
+    """free text, copied to the manifest"""
     model: ModelSpec
     data: DataSpec = DataSpec()
     stages: list[StageConfig] = []
+    """PyTorch stages, in order (see Stages below)"""
     export: ExportSpec = ExportSpec()
     optimize: OptimizeSpec = OptimizeSpec()
     quantize: QuantizeSpec = QuantizeSpec(mode="none")
@@ -267,6 +380,9 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
     recipe.model.checkpoint = rel(recipe.model.checkpoint)
+    for stage in recipe.stages:
+        if isinstance(stage, DistillConfig):
+            stage.teacher.checkpoint = rel(stage.teacher.checkpoint)
     recipe.data.source = rel(recipe.data.source)
     recipe.data.cache_dir = rel(recipe.data.cache_dir)
     recipe.output.dir = rel(recipe.output.dir)  # type: ignore[assignment]
@@ -336,6 +452,9 @@ def load_recipe(path: str | Path) -> Recipe:
     missing = []
     if recipe.model.checkpoint and not recipe.model.checkpoint.is_file():
         missing.append(f"model.checkpoint: file not found: {recipe.model.checkpoint}")
+    for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, DistillConfig) and stage.teacher.checkpoint and not stage.teacher.checkpoint.is_file():
+            missing.append(f"stages.{i}.teacher.checkpoint: file not found: {stage.teacher.checkpoint}")
     if recipe.data.source and not recipe.data.source.exists():
         missing.append(f"data.source: not found: {recipe.data.source}")
     if missing:

@@ -1,8 +1,9 @@
-"""The stage registry: a recipe's `stages:` list maps straight to these functions.
+"""The stage registry and what a stage may use besides the model.
 
-A stage is a function `(model, context, config) -> model`. It may return the same module
-changed in place or a new one (pruning returns a real, smaller model). Register one with
-`@register_stage(ConfigClass)`; its config class lives in `vitdeploy.recipe`.
+A stage is a function `(model, context, config) -> model`. It may change the model in place
+or return another one (pruning returns a real, smaller model; distillation with a token
+returns DeiT's distilled form). Register one with `@register_stage(ConfigClass)`; its config
+class lives in `vitdeploy.recipe`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ StageFn = Callable[[nn.Module, "StageContext", Any], nn.Module]
 STAGES: dict[str, StageFn] = {}
 
 
+def stage_name(config_type: type[Section]) -> str:
+    return config_type.model_fields["stage"].default
+
+
 def register_stage(config_type: type[Section]) -> Callable[[StageFn], StageFn]:
-    name = config_type.model_fields["stage"].default
+    name = stage_name(config_type)
 
     def decorator(fn: StageFn) -> StageFn:
         if name in STAGES:
@@ -36,21 +41,15 @@ def register_stage(config_type: type[Section]) -> Callable[[StageFn], StageFn]:
     return decorator
 
 
-def get_stage(name: str) -> StageFn:
-    # Importing the modules that define stages fills the registry.
-    import vitdeploy.train  # noqa: F401
-
-    return STAGES[name]
-
-
 @dataclass
 class StageContext:
-    """What a stage may use besides the model: the recipe, the device, its own folder."""
+    """The recipe, the device, the stage's own folder and what the stage reports to the manifest."""
 
     recipe: Recipe
     device: torch.device
     work_dir: Path
-    report: dict[str, Any] = field(default_factory=dict)  # what stages add to the manifest
+    index: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
     _splits: dict[str, ImageSet] = field(default_factory=dict)
 
     def split(self, name: str) -> ImageSet:

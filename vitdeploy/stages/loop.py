@@ -1,59 +1,82 @@
-"""The `finetune` stage: cross-entropy training with AdamW, warmup + cosine, on CPU or CUDA.
+"""The one training loop behind `finetune`, `distill` and every recovery fine-tune.
 
-Augmentation runs on whole uint8 batches on the training device, so on a GPU the data
-pipeline is a few tensor ops rather than a pool of PIL workers. A checkpoint is written
-after every epoch; a rerun of the same recipe resumes from it.
+A stage supplies the loss: `loss_fn(model, x, y) -> (loss, logits)`; the loop does the rest:
+AdamW with warmup + cosine, augmentation on whole uint8 batches on the training device (a
+few tensor ops, no loader workers), a progress bar, a held-out score and a resumable
+checkpoint after every epoch.
+
+Several processes: run `torchrun --nproc-per-node N -m vitdeploy.cli build RECIPE`. The
+loop then wraps the model in PyTorch's DistributedDataParallel (gloo on CPU, NCCL on GPU).
+Every process walks the same global batch order and draws the same augmentation parameters
+for the whole global batch, then trains on its own contiguous slice; DDP averages the
+gradients, so N processes compute the step one process would (up to float rounding).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchvision.transforms import v2
 
 from vitdeploy.evaluate import torch_accuracy
 from vitdeploy.progress import console, progress_bar
-from vitdeploy.recipe import FinetuneConfig, Preprocess
-from vitdeploy.stages import StageContext, register_stage
+from vitdeploy.recipe import Preprocess, TrainingConfig
+from vitdeploy.stages.base import StageContext
 from vitdeploy.storage import atomic_path
+
+# (model, images, labels, indices of the images in the training set) -> (loss, logits for accuracy)
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # ---------------------------------------------------------------- batched augmentation
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample random crop from a reflect-padded batch, then random horizontal flip."""
+def random_crop_flip(
+    x: torch.Tensor, padding: int, gen: torch.Generator, rows: slice | None = None, total: int | None = None
+) -> torch.Tensor:
+    """Per-sample random crop from a reflect-padded batch, then random horizontal flip.
+
+    `rows`: `x` is this slice of a global batch of `total` images; the random draws cover the
+    global batch, so every process of a distributed run sees the augmentation one process would.
+    """
     b, _, h, w = x.shape
+    rows = rows or slice(0, b)
+    total = total or b
+    oy = torch.randint(0, 2 * padding + 1, (total,), generator=gen)[rows].to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (total,), generator=gen)[rows].to(x.device)
+    flip = (torch.rand(total, generator=gen) < 0.5)[rows].to(x.device)[:, None, None, None]
     padded = F.pad(x.float(), (padding,) * 4, mode="reflect").to(x.dtype)
-    oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device="cpu").to(x.device)
-    ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device="cpu").to(x.device)
     iy = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     ix = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
     cropped = padded[torch.arange(b, device=x.device)[:, None, None], :, iy, ix].permute(0, 3, 1, 2)
-    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
     return torch.where(flip, cropped.flip(-1), cropped)
 
 
 class BatchAugment:
     """uint8 NCHW batch on device -> augmented, normalized float batch."""
 
-    def __init__(self, cfg: FinetuneConfig, pre: Preprocess, device: torch.device) -> None:
+    def __init__(self, cfg: TrainingConfig, pre: Preprocess, device: torch.device) -> None:
         self.kind = cfg.augment
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.randaugment = v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude)
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, rows: slice | None = None, total: int | None = None) -> torch.Tensor:
         if self.kind == "randaugment":
             # RandAugment draws one op set per call; chunks of 16 give a batch varied ops.
             x = torch.cat([self.randaugment(chunk) for chunk in x.split(16)])
         if self.kind in ("flip_crop", "randaugment"):
-            x = random_crop_flip(x, padding=x.shape[-1] // 8, gen=self.gen)
+            x = random_crop_flip(x, padding=x.shape[-1] // 8, gen=self.gen, rows=rows, total=total)
         return (x.float() / 255.0 - self.mean) / self.std
 
 
@@ -65,64 +88,106 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- processes
 
 
-@register_stage(FinetuneConfig)
-def finetune(model: nn.Module, ctx: StageContext, cfg: FinetuneConfig) -> nn.Module:
+def process_group(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device); joins torchrun's group when launched by it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def cross_entropy(label_smoothing: float) -> LossFn:
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norms, biases, tokens and position embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        exempt = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token"))
+        (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: LossFn, name: str) -> dict[str, Any]:
+    """Train `model` in place with `loss_fn`; returns the stage report (per-epoch history).
+
+    `loss_fn` is called with the training set's images as uint8 indices too, so a loss may
+    look up per-image data it computed once (see `distill`).
+    """
     if cfg.num_threads and ctx.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
+    rank, world, device = process_group(ctx.device)
     torch.manual_seed(cfg.seed)
     pre = ctx.recipe.data.preprocess
-    train = ctx.split(ctx.recipe.data.train_split).subset(cfg.train_samples, seed=cfg.seed)
+    train_set = ctx.split(ctx.recipe.data.train_split).subset(cfg.train_samples, seed=cfg.seed)
     held_out = ctx.split(ctx.recipe.data.eval_split).subset(cfg.eval_samples, seed=cfg.seed + 1)
 
-    model.to(ctx.device)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "pos_embed" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    model.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     floor = cfg.min_lr / cfg.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, floor))
+    augment = BatchAugment(cfg, pre, device)
 
     ckpt_path = ctx.work_dir / "last.pt"
     config_json = cfg.model_dump_json()
     start_epoch, history = 0, []
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
         if state.get("config") == config_json:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            augment.gen.set_state(state["augment_rng"])
             start_epoch, history = state["epoch"], json.loads(state["history"])
-            console.print(f"[cyan]resuming finetune from epoch {start_epoch} ({ckpt_path})")
+            if rank == 0:
+                console.print(f"[cyan]resuming {name} from epoch {start_epoch} ({ckpt_path})")
 
-    augment = BatchAugment(cfg, pre, ctx.device)
-    use_amp = cfg.amp and ctx.device.type == "cuda"
+    use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
-    images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
-    labels = torch.from_numpy(train.labels)
-    if ctx.device.type == "cuda":  # the whole uint8 set fits on a GPU; no loader needed
-        images, labels = images.to(ctx.device), labels.to(ctx.device)
+    images = torch.from_numpy(train_set.images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
+    labels = torch.from_numpy(train_set.labels)
+    if device.type == "cuda":  # the whole uint8 set fits on a GPU; no loader needed
+        images, labels = images.to(device), labels.to(device)
+    runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
+    started = time.perf_counter()
     with progress_bar() as bar:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
-            task = bar.add_task(f"finetune epoch {epoch + 1}/{cfg.epochs}", total=len(train))
-            order = torch.randperm(len(train), generator=augment.gen).to(images.device)
-            seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
-            for start in range(0, len(train), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                x = augment(images[idx].to(ctx.device, non_blocking=True))
-                y = labels[idx].to(ctx.device, non_blocking=True)
-                with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            task = bar.add_task(f"{name} epoch {epoch + 1}/{cfg.epochs}", total=len(train_set))
+            order = torch.randperm(len(train_set), generator=augment.gen).to(images.device)
+            seen, t0 = 0, time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for step, start in enumerate(range(0, len(train_set), cfg.batch_size)):
+                batch = order[start : start + cfg.batch_size]
+                part = batch.tensor_split(world)[rank]
+                lo = sum(len(p) for p in batch.tensor_split(world)[:rank])
+                x = augment(images[part].to(device, non_blocking=True), rows=slice(lo, lo + len(part)), total=len(batch))
+                y = labels[part].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss, logits = loss_fn(runner, x, y, part)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -131,44 +196,51 @@ def finetune(model: nn.Module, ctx: StageContext, cfg: FinetuneConfig) -> nn.Mod
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                # Sums stay on the device: reading them every step would stall a GPU.
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                rate = seen / (time.perf_counter() - t0)
-                bar.update(task, advance=len(y), info=f"loss {loss_sum / seen:.3f}  acc {correct / seen:.1%}  {rate:.0f} img/s")
-            acc = torch_accuracy(model, held_out, pre, ctx.device, batch_size=256)
+                if step % 20 == 0:
+                    rate = seen * world / (time.perf_counter() - t0)
+                    info = f"loss {loss_sum.item() / seen:.3f}  acc {correct.item() / seen:.1%}  {rate:.0f} img/s"
+                    bar.update(task, completed=min(len(train_set), seen * world), info=info)
+            bar.update(task, completed=len(train_set))
+            acc = torch_accuracy(model, held_out, pre, device, batch_size=256)
             record = {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum / seen,
-                "train_acc": correct / seen,
+                "train_loss": loss_sum.item() / seen,
+                "train_acc": correct.item() / seen,
                 "eval_acc": acc,
                 "lr": scheduler.get_last_lr()[0],
-                "seconds": time.perf_counter() - t0,
+                "seconds": round(time.perf_counter() - t0, 2),
             }
             history.append(record)
-            console.print(
-                f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, train {record['train_acc']:.1%}, "
-                f"held-out {acc:.2%} on {len(held_out)} images, {record['seconds']:.0f} s"
-            )
-            _save_checkpoint(ckpt_path, model, optimizer, scheduler, epoch + 1, history, config_json)
+            if rank == 0:
+                console.print(
+                    f"{name} epoch {epoch + 1}: loss {record['train_loss']:.3f}, train {record['train_acc']:.1%}, "
+                    f"held-out {acc:.2%} on {len(held_out)} images, {record['seconds']:.0f} s"
+                )
+                state = {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "augment_rng": augment.gen.get_state(), "epoch": epoch + 1, "history": json.dumps(history),
+                    "config": config_json,
+                }  # fmt: skip
+                _save_checkpoint(ckpt_path, state, history)
     model.eval()
-    ctx.report["finetune"] = {"epochs": history, "train_images": len(train), "held_out_images": len(held_out)}
-    return model
+    return {
+        "epochs": history,
+        "train_images": len(train_set),
+        "held_out_images": len(held_out),
+        "device": str(device),
+        "processes": world,
+        "seconds": round(time.perf_counter() - started, 2),
+        "seconds_all_epochs": round(sum(r["seconds"] for r in history), 2),
+    }
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, epoch, history, config_json) -> None:
+def _save_checkpoint(path, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "history": json.dumps(history),
-                "config": config_json,
-            },
-            tmp,
-        )
+        torch.save(state, tmp)
     with atomic_path(path.with_name("history.json")) as tmp:
         tmp.write_text(json.dumps(history, indent=2))
