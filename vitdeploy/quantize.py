@@ -83,6 +83,12 @@ def resolve_reduce_range(spec: QuantizeSpec) -> bool:
     return (not cpu_has_vnni()) if spec.reduce_range == "auto" else bool(spec.reduce_range)
 
 
+def reduce_range_reason(spec: QuantizeSpec, resolved: bool) -> str:
+    if spec.reduce_range != "auto":
+        return f"set to {resolved} by the recipe"
+    return "auto: on, the CPU lacks VNNI" if resolved else "auto: off, the CPU has VNNI"
+
+
 def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     excluded = set(spec.exclude_nodes)
     if spec.weights_only_matmul:
@@ -165,7 +171,7 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         "per_channel": spec.per_channel,
         "quantize_outputs": spec.quantize_outputs if spec.mode == "static" else False,
         "reduce_range": reduce_range,
-        "reduce_range_reason": "cpu lacks VNNI" if spec.reduce_range == "auto" and reduce_range else str(spec.reduce_range),
+        "reduce_range_reason": reduce_range_reason(spec, reduce_range),
         "activation_type": "uint8" if spec.mode == "dynamic" else spec.activation_type,
         "weight_type": spec.weight_type,
         "calibration": spec.calibration.model_dump() | {"images": len(calibration.images)} if calibration else None,
