@@ -111,3 +111,10 @@ def test_check_cli_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     broken.write_text("name: [unclosed\n")
     res = vitdeploy("check", str(broken))
     assert res.returncode == 2 and "(yaml)" in res.stderr
+
+
+def test_committed_recipe_reference_matches_the_schema() -> None:
+    from vitdeploy.schema_doc import markdown
+
+    committed = (ROOT / "docs" / "recipe-reference.md").read_text()
+    assert committed == markdown(), "regenerate: python -m vitdeploy.schema_doc > docs/recipe-reference.md"
