@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-TEACHER = ROOT / "teachers" / "vit_cifar10_cpu.safetensors"
+TEACHER = ROOT / "teachers" / "vit_cifar10.safetensors"
 
 
 @pytest.fixture(scope="session")
