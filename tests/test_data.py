@@ -92,3 +92,18 @@ def test_data_get_cli_imports_and_reports_bad_paths(tmp_path: Path) -> None:
     assert "train: 6" in ok.stdout and (tmp_path / "c" / "datasets" / "shapes" / "train.npz").is_file()
     bad = subprocess.run([*cmd, "cifar10", "--from", str(tmp_path / "nope.tar.gz")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_non_image_member_is_named_not_a_traceback(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        folder = tmp_path / "src" / split / "cat"
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "ok.png")
+    (tmp_path / "src" / "train" / "cat" / "notes.jpg").write_text("not an image")
+    with pytest.raises(UserError, match=r"train/cat/notes.jpg: not a readable image"):
+        DataStore(tmp_path / "cache").import_source("odd", tmp_path / "src")
+
+
+def test_missing_cache_hint_names_the_recipes_cache_dir(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=f"--cache-dir {tmp_path / 'elsewhere'}"):
+        load_split(DataSpec(dataset="cifar10", cache_dir=tmp_path / "elsewhere"), "train")

@@ -118,3 +118,10 @@ def test_committed_recipe_reference_matches_the_schema() -> None:
 
     committed = (ROOT / "docs" / "recipe-reference.md").read_text()
     assert committed == markdown(), "regenerate: python -m vitdeploy.schema_doc > docs/recipe-reference.md"
+
+
+def test_version_flag() -> None:
+    from vitdeploy import __version__
+
+    res = vitdeploy("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"vitdeploy {__version__}"

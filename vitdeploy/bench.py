@@ -536,16 +536,22 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
 
 def results_table(results: list[Result]) -> Table:
     caption = (
-        "sorted by throughput (batch / median latency); ratios against each row's baseline;\n"
-        "spread: (max - min) / median of the rounds' throughputs;\n"
-        "mem: resident memory the cell added (session, weights, arena, runs; PyTorch: model and runs)"
+        "grouped by provider, batch and threads, fastest first. img/s: batch / median latency; p50/p99: latency\n"
+        "percentiles of one run; runs: timed runs; MB: file size; int8 %: share of weights stored as INT8;\n"
+        "mem MB: resident memory the cell added (session, weights, arena, runs; PyTorch: model and runs);\n"
+        "speedup, size: against the baseline (paired round by round); spread: (max - min) / median of the rounds"
     )
     table = Table(title="vitdeploy bench", caption=caption)
     cols = ("model", "provider", "batch", "threads", "img/s", "p50 ms", "p99 ms", "runs", "MB", "int8 %",
             "mem MB", "top-1", "speedup", "size", "spread", "note")  # fmt: skip
     for c in cols:
         table.add_column(c, justify="left" if c in ("model", "provider") else "right")
-    for r in sorted((r for r in results if not r.error), key=lambda r: -r.throughput):
+    ordered = sorted((r for r in results if not r.error), key=lambda r: (r.provider, r.batch, r.threads or 0, -r.throughput))
+    previous = None
+    for r in ordered:
+        if previous is not None and (r.provider, r.batch, r.threads) != previous:
+            table.add_section()
+        previous = (r.provider, r.batch, r.threads)
         speed, size = r.extra.get("speedup"), r.extra.get("size_ratio")
         table.add_row(
             r.model, r.provider, str(r.batch), str(r.threads or "default"), f"{r.throughput:,.0f}",

@@ -15,12 +15,14 @@ from rich.table import Table
 
 from vitdeploy.errors import BuildError, UserError
 
+# Plain click help: rich's boxed panels wrap option descriptions badly at 80 columns.
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Compress, export, quantize and benchmark Vision Transformers for edge devices.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Fetch and cache datasets.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Fetch and cache datasets.")
 app.add_typer(data_app, name="data")
 out = Console(width=None if sys.stdout.isatty() else 200)  # tables stay whole in logs and pipes
 err = Console(stderr=True)
@@ -44,6 +46,23 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vitdeploy import __version__
+
+        out.print(f"vitdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Compress, export, quantize and benchmark Vision Transformers for edge devices."""
 
 
 def _validate(recipe_path: Path):

@@ -122,6 +122,7 @@ def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int |
     With `splits` None, every folder two levels above an image is a split.
     """
     raw: dict[str, list[tuple[str, bytes]]] = {s: [] for s in splits or ()}
+    names: dict[str, list[str]] = {s: [] for s in splits or ()}
     for name, data in _iter_members(source):
         parts = name.split("/")
         if len(parts) < 3:
@@ -129,6 +130,7 @@ def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int |
         split, cls = parts[-3], parts[-2]
         if splits is None or split in splits:
             raw.setdefault(split, []).append((cls, data))
+            names.setdefault(split, []).append(name)
     empty = [s for s, items in raw.items() if not items]
     if empty or not raw:
         raise UserError(
@@ -143,8 +145,11 @@ def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int |
         task = bar.add_task(f"decoding {source.name}", total=total)
         for split, items in raw.items():
             images = []
-            for _, data in items:
-                images.append(_decode(data, size))
+            for member, (_, data) in zip(names[split], items, strict=True):
+                try:
+                    images.append(_decode(data, size))
+                except (OSError, ValueError, Image.DecompressionBombError) as err:
+                    raise UserError(f"{source}: {member}: not a readable image ({err})") from None
                 bar.advance(task)
             shapes = {im.shape for im in images}
             if len(shapes) > 1:
@@ -223,9 +228,10 @@ class DataStore:
         if not path.is_file():
             meta = self.meta(name)
             if meta is None:
+                where = "" if self.root.parent == default_cache_dir() else f" --cache-dir {self.root.parent}"
                 raise UserError(
                     f"dataset '{name}' is not in the cache {self.root}; run "
-                    f"`vitdeploy data get {name} --from PATH` (or give data.source in the recipe)"
+                    f"`vitdeploy data get {name} --from PATH{where}` (or give data.source in the recipe)"
                 )
             raise UserError(f"dataset '{name}' has no split '{split}'; it has {sorted(meta['splits'])}")
         with np.load(path) as z:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,13 +43,23 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) ->
 
 
 def torch_accuracy(
-    model: torch.nn.Module, images: ImageSet, pre: Preprocess, device: torch.device, batch_size: int = 64
+    model: torch.nn.Module,
+    images: ImageSet,
+    pre: Preprocess,
+    device: torch.device,
+    batch_size: int = 64,
+    label: str | None = "PyTorch",
 ) -> float:
+    """Top-1 of `model`; `label` None shows no progress bar (inside another one, e.g. training)."""
     was_training = model.training
     model.eval()
     size = getattr(getattr(model, "patch_embed", None), "img_size", (None,))[0]
     correct = 0
-    for x, y in batches(images, batch_size):
-        correct += int((torch_logits(model, preprocess(x, pre, size), device).argmax(1) == y).sum())
+    with progress_bar() if label else contextlib.nullcontext() as bar:
+        task = bar.add_task(f"evaluating {label}", total=len(images)) if bar else None
+        for x, y in batches(images, batch_size):
+            correct += int((torch_logits(model, preprocess(x, pre, size), device).argmax(1) == y).sum())
+            if bar:
+                bar.advance(task, len(y))
     model.train(was_training)
     return correct / len(images)

@@ -110,11 +110,14 @@ class Timer:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self, name: str, busy: str | None = None) -> Iterator[None]:
+        """Time a build step; `busy` shows a spinner with that text (steps without a progress bar)."""
         console.rule(f"[bold]{name}")
         start = time.perf_counter()
-        yield
+        with console.status(busy) if busy else contextlib.nullcontext():
+            yield
         self.seconds[name] = round(time.perf_counter() - start, 2)
+        console.print(f"[dim]{name}: {self.seconds[name]:.1f} s")
 
 
 def environment() -> dict:
@@ -156,14 +159,14 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
 
-    with timer.step("export"):
+    with timer.step("export", "exporting to ONNX and checking parity on real images"):
         raw = export_onnx(model, recipe.export, img_size, work / "export.onnx")
         parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
         parity_raw = check_parity(model, raw, parity_set, pre, img_size)
 
     fp32 = work / "fp32.onnx"
     optimize_report = None
-    with timer.step("optimize"):
+    with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer, checking parity"):
         if recipe.optimize.enabled:
             fuse = recipe.optimize.fuse_attention
             fuse = recipe.quantize.mode != "static" if fuse == "auto" else fuse
@@ -181,7 +184,7 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
 
     int8, quantize_report = None, None
     if recipe.quantize.mode != "none":
-        with timer.step("quantize"):
+        with timer.step("quantize", f"{recipe.quantize.mode} INT8 quantization (calibrating when static)"):
             reader = None
             if recipe.quantize.mode == "static":
                 cal = recipe.quantize.calibration

@@ -205,7 +205,7 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
                     info = f"loss {loss_sum.item() / seen:.3f}  acc {correct.item() / seen:.1%}  {rate:.0f} img/s"
                     bar.update(task, completed=min(len(train_set), seen * world), info=info)
             bar.update(task, completed=len(train_set))
-            acc = torch_accuracy(model, held_out, pre, device, batch_size=256)
+            acc = torch_accuracy(model, held_out, pre, device, batch_size=256, label=None)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum.item() / seen,
