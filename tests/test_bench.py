@@ -250,3 +250,35 @@ def test_peak_rss_sees_a_transient_allocation_and_forgets_earlier_peaks(monkeypa
         del block
     assert busy.peak_mb - quiet.peak_mb > 150
     assert quiet.peak_mb < busy.peak_mb < quiet.peak_mb + 300
+
+
+def test_openvino_cells_are_timed_and_scored_like_onnx_runtime_cells(tmp_path: Path, cifar10: Path) -> None:
+    pytest.importorskip("openvino")
+    model = linear_model(tmp_path / "m.onnx", width=10)
+    r = measure(model, "openvino", 4, 1, FAST)
+    assert r.error is None and r.runs == 30 and r.throughput > 0
+    assert r.throughput == pytest.approx(4 * 1000 / r.latency_p50_ms, rel=1e-6)
+    from vitdeploy.openvino_runtime import predictor
+
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(model)).run(None, {"pixel_values": x})[0]
+    np.testing.assert_allclose(predictor(model)(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_openvino_cannot_read_is_reported(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    path = linear_model(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    model.graph.node[1].op_type, model.graph.node[1].domain = "NoSuchOp", "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    onnx.save(model, str(path))
+    r = measure(path, "openvino", 1, 1, FAST)
+    assert r.error is not None and "OpenVINO cannot run this model" in r.error
+
+
+def test_environment_names_the_cpu_isa() -> None:
+    env = bench.environment(BenchConfig(providers=("cpu", "openvino")))
+    assert set(env["cpu_isa"]) >= {"avx2", "avx512_vnni", "avx_vnni", "avx512_bf16"}
+    assert env["cpu_isa"]["avx2"] == ("avx2" in Path("/proc/cpuinfo").read_text())

@@ -37,6 +37,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from vitdeploy.graph import read_preprocess, weight_stats
+from vitdeploy.openvino_runtime import cpu_isa
+from vitdeploy.openvino_runtime import version as openvino_version
 from vitdeploy.profile import OpProfile, read_trace
 
 PROVIDERS = {
@@ -44,6 +46,8 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+# Runtimes other than ONNX Runtime, timed the same way (vitdeploy.openvino_runtime).
+OTHER_RUNTIMES = ("openvino",)
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,7 @@ def preload_gpu_libraries() -> None:
 
 def open_session(path: Path, provider: str, threads: int | None, cfg: BenchConfig, profile_prefix: str | None = None):
     if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider '{provider}'; choose from {', '.join(PROVIDERS)}")
+        raise ValueError(f"unknown provider '{provider}'; choose from {', '.join([*PROVIDERS, *OTHER_RUNTIMES])}")
     ep = PROVIDERS[provider]
     if ep not in ort.get_available_providers():
         raise RuntimeError(f"{ep} is not available in this onnxruntime ({ort.__version__}); skipped")
@@ -293,15 +297,14 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
         result.parameters, result.int8_share = stats["parameters"], stats["int8_share"]
         with PeakRSS() as rss:
             t0 = time.perf_counter()
-            session = open_session(path, provider, threads, cfg)
+            run, handle = open_runner(path, provider, batch, threads, cfg)
             result.session_create_s = time.perf_counter() - t0
-            name, x = model_input(session, batch, np.random.default_rng(cfg.seed))
-            result.time_runner(make_runner(session, name, x, provider, cfg), cfg)
-            if provider != "cpu":
+            result.time_runner(run, cfg)
+            if provider not in ("cpu", *OTHER_RUNTIMES):
                 result.peak_device_mb = device_memory_mb()
         result.peak_rss_mb, result.model_rss_mb = rss.peak_mb, rss.added_mb
-        del session
-        if provider != "cpu" or cfg.profile_dir:
+        del run, handle
+        if provider in PROVIDERS and (provider != "cpu" or cfg.profile_dir):
             # A separate short session: profiling slows the runs it records.
             profile = profile_cell(path, provider, batch, threads, cfg)
             result.nodes_on_cpu = len(profile.cpu_nodes)
@@ -311,6 +314,29 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
     except Exception as e:  # per-model report: the other models are still measured
         result.fail(e)
     return result
+
+
+def open_runner(
+    path: Path, provider: str, batch: int, threads: int | None, cfg: BenchConfig
+) -> tuple[Callable[[], object], object]:
+    """A zero-argument callable doing one inference on random input, and the session behind it."""
+    rng = np.random.default_rng(cfg.seed)
+    if provider == "openvino":
+        from vitdeploy import openvino_runtime as ovr
+
+        reason = ovr.missing_reason()
+        if reason:
+            raise RuntimeError(f"{reason}; skipped")
+        try:
+            compiled = ovr.compile_model(path, batch, threads)
+        except Exception as e:  # OpenVINO's own message: an operator it cannot read, say
+            raise RuntimeError(f"OpenVINO cannot run this model: {str(e).strip().splitlines()[-1][:200]}") from None
+        shape = [batch, *list(compiled.inputs[0].get_shape())[1:]]
+        x = rng.standard_normal(shape, dtype=np.float32)
+        return ovr.runner(compiled, x), compiled
+    session = open_session(path, provider, threads, cfg)
+    name, x = model_input(session, batch, rng)
+    return make_runner(session, name, x, provider, cfg), session
 
 
 def profile_cell(path: Path, provider: str, batch: int, threads: int | None, cfg: BenchConfig) -> OpProfile:
@@ -418,7 +444,9 @@ def environment(cfg: BenchConfig) -> dict:
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_isa": cpu_isa(),
         "onnxruntime": ort.__version__,
+        "openvino": openvino_version() if "openvino" in cfg.providers else None,
         "available_providers": ort.get_available_providers(),
         "python": platform.python_version(),
         "graph_optimization_level": "ORT_ENABLE_ALL",
@@ -512,26 +540,39 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
     else:
         folder = Path(data)
         images = decode_imagefolder(folder.parent, {folder.name})[folder.name]
+    # ONNX Runtime's providers compute the same function: score once on the CPU. Another
+    # runtime (OpenVINO) runs its own kernels and fusions, so it is scored separately.
+    runtimes = sorted({"openvino" if r.provider == "openvino" else "onnxruntime" for r in results})
     for path in paths:
-        try:
-            pre, size = read_preprocess(onnx.load(str(path), load_external_data=False))
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            name = session.get_inputs()[0].name
-            correct = 0
-            task = bar.add_task(f"top-1 {path.name}", total=len(images))
-            for x, y in batches(images, batch_size):
-                logits = session.run(None, {name: preprocess(x, pre, size)})[0]
-                correct += int((logits.argmax(1) == y).sum())
-                bar.advance(task, len(y))
-            acc: float | None = correct / len(images)
-        except Exception as e:
-            acc = None
-            for r in results:
-                if r.model == path.name:
+        for runtime in runtimes:
+            rows = [r for r in results if r.model == path.name and (r.provider == "openvino") == (runtime == "openvino")]
+            if not rows or all(r.error for r in rows):
+                continue
+            try:
+                pre, size = read_preprocess(onnx.load(str(path), load_external_data=False))
+                predict = accuracy_predictor(path, runtime)
+                correct = 0
+                task = bar.add_task(f"top-1 {path.name} ({runtime})", total=len(images))
+                for x, y in batches(images, batch_size):
+                    correct += int((predict(preprocess(x, pre, size)).argmax(1) == y).sum())
+                    bar.advance(task, len(y))
+                acc: float | None = correct / len(images)
+            except Exception as e:
+                acc = None
+                for r in rows:
                     r.note = f"top-1 failed: {e}"[:200]
-        for r in results:
-            if r.model == path.name:
+            for r in rows:
                 r.top1 = acc
+
+
+def accuracy_predictor(path: Path, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
+    if runtime == "openvino":
+        from vitdeploy.openvino_runtime import predictor
+
+        return predictor(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
 
 
 def results_table(results: list[Result]) -> Table:

@@ -149,7 +149,9 @@ def _expand(models: list[str]) -> list[Path]:
 @user_errors
 def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files or globs")],
-    provider: Annotated[str, typer.Option(help="comma list of cpu, cuda, tensorrt")] = "cpu",
+    provider: Annotated[
+        str, typer.Option(help="comma list of cpu, cuda, tensorrt (ONNX Runtime), openvino (OpenVINO CPU)")
+    ] = "cpu",
     batch: Annotated[str, typer.Option(help="comma list of batch sizes")] = "1",
     threads: Annotated[str, typer.Option(help="intra-op threads: N, a comma list, or 'sweep' (1, 2, all)")] = "",
     warmup: Annotated[int, typer.Option(min=0)] = 10,

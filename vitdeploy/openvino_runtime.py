@@ -1,0 +1,109 @@
+"""OpenVINO's CPU runtime for vitdeploy's ONNX artifacts (the optional `vitdeploy[openvino]` extra).
+
+OpenVINO reads an ONNX file directly: a static QDQ artifact's QuantizeLinear/DequantizeLinear
+pairs become its own INT8 kernels (VNNI, AMX where present). ONNX Runtime contrib operators
+(QAttention, DynamicQuantizeMatMul, ...) it cannot read; such a model fails to load with
+OpenVINO's message, and bench reports that cell as skipped.
+
+No torch here: bench and predict use this module on machines that only run models.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def missing_reason() -> str | None:
+    """Why the OpenVINO runtime cannot be used here, or None when it can."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "the openvino package is not installed (pip install 'vitdeploy[openvino]')"
+    return None
+
+
+@functools.cache
+def version() -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov.get_version()
+
+
+def _config(threads: int | None, latency: bool) -> dict[str, object]:
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config: dict[str, object] = {
+        # One request at a time, as ONNX Runtime's sequential session runs: latency mode.
+        hints.performance_mode: hints.PerformanceMode.LATENCY if latency else hints.PerformanceMode.THROUGHPUT,
+        # FP32 math unless the artifact itself is quantized: no silent bf16 on CPUs that have it.
+        hints.inference_precision: "f32",
+    }
+    if threads:
+        config[props.inference_num_threads] = threads
+    return config
+
+
+def compile_model(path: Path, batch: int | None, threads: int | None):
+    """A compiled OpenVINO model of `path` on the CPU, its batch fixed to `batch` (None: dynamic)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if batch is not None:
+        shape = list(model.inputs[0].get_partial_shape())
+        shape[0] = batch
+        model.reshape({model.inputs[0]: ov.PartialShape(shape)})
+    return core.compile_model(model, "CPU", _config(threads, latency=True))
+
+
+def runner(compiled, x: np.ndarray) -> Callable[[], object]:
+    """One synchronous inference on `x`, the input already bound (copies are not timed)."""
+    import openvino as ov
+
+    request = compiled.create_infer_request()
+    request.set_input_tensor(0, ov.Tensor(x))
+
+    def run() -> None:
+        request.infer()
+
+    return run
+
+
+def predictor(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """x (N, 3, H, W) float32 -> logits, any batch size (dynamic batch)."""
+    compiled = compile_model(path, None, threads)
+    request = compiled.create_infer_request()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return request.infer({0: x})[compiled.outputs[0]]
+
+    return predict
+
+
+def cpu_isa() -> dict[str, bool]:
+    """The CPU features that decide INT8 and bf16 speed, from /proc/cpuinfo (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return {
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_int8": "amx_int8" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+    }
