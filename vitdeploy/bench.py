@@ -533,6 +533,7 @@ def median_round(results: list[Result]) -> Result:
 def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progress, batch_size: int = 100) -> None:
     """Top-1 of each model (CPU provider) on real images, with the preprocessing it carries."""
     from vitdeploy.data import DataStore, batches, decode_imagefolder, preprocess
+    from vitdeploy.evaluate import predictor
 
     if ":" in data or not Path(data).exists():
         name, _, split = data.partition(":")
@@ -550,7 +551,7 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
                 continue
             try:
                 pre, size = read_preprocess(onnx.load(str(path), load_external_data=False))
-                predict = accuracy_predictor(path, runtime)
+                predict = predictor(path, runtime)
                 correct = 0
                 task = bar.add_task(f"top-1 {path.name} ({runtime})", total=len(images))
                 for x, y in batches(images, batch_size):
@@ -563,16 +564,6 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
                     r.note = f"top-1 failed: {e}"[:200]
             for r in rows:
                 r.top1 = acc
-
-
-def accuracy_predictor(path: Path, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
-    if runtime == "openvino":
-        from vitdeploy.openvino_runtime import predictor
-
-        return predictor(path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
 
 
 def results_table(results: list[Result]) -> Table:

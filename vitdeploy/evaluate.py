@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vitdeploy.data import ImageSet, batches, preprocess
+from vitdeploy.errors import UserError
 from vitdeploy.progress import progress_bar
 from vitdeploy.recipe import Preprocess
 
@@ -16,9 +19,39 @@ if TYPE_CHECKING:
     import torch
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+Predict = Callable[[np.ndarray], np.ndarray]  # preprocessed float32 NCHW batch -> logits
+
+
 def onnx_logits(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     inp = session.get_inputs()[0].name
     return session.run(None, {inp: x})[0]
+
+
+def predictor(path: Path, runtime: str = "onnxruntime") -> Predict:
+    """Logits of an ONNX file on a runtime: ONNX Runtime's CPU provider, or OpenVINO's CPU runtime."""
+    if runtime == "openvino":
+        from vitdeploy.openvino_runtime import missing_reason
+        from vitdeploy.openvino_runtime import predictor as openvino_predictor
+
+        reason = missing_reason()
+        if reason:
+            raise UserError(f"runtime openvino: {reason}")
+        return openvino_predictor(path)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: onnx_logits(session, x)
+
+
+def predict_accuracy(predict: Predict, images: ImageSet, pre: Preprocess, size: int | None, batch_size: int, label: str) -> float:
+    correct = 0
+    with progress_bar() as bar:
+        task = bar.add_task(f"evaluating {label}", total=len(images))
+        for x, y in batches(images, batch_size):
+            correct += int((predict(preprocess(x, pre, size)).argmax(1) == y).sum())
+            bar.advance(task, len(y))
+    return correct / len(images)
 
 
 def onnx_accuracy(
@@ -26,13 +59,7 @@ def onnx_accuracy(
 ) -> float:
     size = session.get_inputs()[0].shape[-1]
     size = size if isinstance(size, int) else None
-    correct = 0
-    with progress_bar() as bar:
-        task = bar.add_task(f"evaluating {label}", total=len(images))
-        for x, y in batches(images, batch_size):
-            correct += int((onnx_logits(session, preprocess(x, pre, size)).argmax(1) == y).sum())
-            bar.advance(task, len(y))
-    return correct / len(images)
+    return predict_accuracy(lambda x: onnx_logits(session, x), images, pre, size, batch_size, label)
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from vitdeploy.data import ImageSet, batches, preprocess
-from vitdeploy.evaluate import onnx_logits, torch_logits
+from vitdeploy.evaluate import predictor, torch_logits
 from vitdeploy.export_rules import apply_export_rules
 from vitdeploy.models import split_qkv
 from vitdeploy.recipe import ExportSpec, Preprocess
@@ -62,19 +61,25 @@ class Parity:
 
 
 def check_parity(
-    model: nn.Module, onnx_path: Path, images: ImageSet, pre: Preprocess, img_size: int, batch_size: int = 32
+    model: nn.Module,
+    onnx_path: Path,
+    images: ImageSet,
+    pre: Preprocess,
+    img_size: int,
+    batch_size: int = 32,
+    runtime: str = "onnxruntime",
 ) -> Parity:
-    """Run real images through PyTorch and ONNX Runtime; compare logits and top-1.
+    """Run real images through PyTorch and an ONNX runtime; compare logits and top-1.
 
     The batch size differs from the export's trace batch, so a baked-in batch shows up here.
     """
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    predict = predictor(onnx_path, runtime)
     device = next(model.parameters()).device
     max_diff, sum_diff, agree, n, sizes = 0.0, 0.0, 0, 0, set()
     for x_u8, _ in batches(images, batch_size):
         x = preprocess(x_u8, pre, img_size)
         ref = torch_logits(model, x, device)
-        out = onnx_logits(session, x)
+        out = predict(x)
         diff = np.abs(ref - out)
         max_diff = max(max_diff, float(diff.max()))
         sum_diff += float(diff.mean()) * len(x)

@@ -29,7 +29,7 @@ from torch import nn
 from vitdeploy import __version__
 from vitdeploy.data import ImageSet, data_identity, load_split, preprocess
 from vitdeploy.errors import BuildError
-from vitdeploy.evaluate import onnx_accuracy, torch_accuracy
+from vitdeploy.evaluate import onnx_accuracy, predict_accuracy, predictor, torch_accuracy
 from vitdeploy.export import INPUT_NAME, check_parity, export_onnx
 from vitdeploy.graph import stamp_preprocess
 from vitdeploy.models import count_macs, count_parameters, create_model, describe, load_model, save_weights
@@ -150,7 +150,6 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
     timer = Timer()
     work = work_dir(recipe)
     work.mkdir(parents=True, exist_ok=True)
-    name, out = recipe.artifact_name, recipe.output.dir
     pre = recipe.data.preprocess
 
     with timer.step("stages"):
@@ -158,22 +157,13 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
     img_size = model.patch_embed.img_size[0]
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
-
+        parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
     with timer.step("export", "exporting to ONNX and checking parity on real images"):
         raw = export_onnx(model, recipe.export, img_size, work / "export.onnx")
-        parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
         parity_raw = check_parity(model, raw, parity_set, pre, img_size)
-
     fp32 = work / "fp32.onnx"
-    optimize_report = None
     with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer, checking parity"):
-        if recipe.optimize.enabled:
-            fuse = recipe.optimize.fuse_attention
-            fuse = recipe.quantize.mode != "static" if fuse == "auto" else fuse
-            # Heads 0: ORT reads each block's head count from its graph (pruned blocks differ).
-            optimize_report = optimize_transformer(raw, fp32, recipe.optimize, 0, 0, fuse)
-        else:
-            shutil.copyfile(raw, fp32)
+        optimize_report = optimize_step(recipe, raw, fp32)
         parity = check_parity(model, fp32, parity_set, pre, img_size)
     if parity.top1_agreement < recipe.export.min_top1_agreement:
         raise BuildError(
@@ -181,29 +171,129 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
             f"{recipe.export.min_top1_agreement:.2%} (max |logit diff| {parity.max_abs_logit_diff:.3g}); "
             "no artifact written"
         )
-
     int8, quantize_report = None, None
     if recipe.quantize.mode != "none":
+        int8 = work / "int8.onnx"
         with timer.step("quantize", f"{recipe.quantize.mode} INT8 quantization (calibrating when static)"):
-            reader = None
-            if recipe.quantize.mode == "static":
-                cal = recipe.quantize.calibration
-                cal_set = load_split(recipe.data, cal.split).subset(cal.samples, seed=2)
-                reader = ArrayCalibrationReader(INPUT_NAME, preprocess(cal_set.images, pre, img_size), cal.batch_size)
-            int8 = work / "int8.onnx"
-            quantize_report = quantize_model(fp32, int8, recipe.quantize, reader)
-
+            quantize_report = quantize_step(recipe, fp32, int8, img_size)
     with timer.step("evaluate"):
         top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
-    if int8 is not None and recipe.quantize.max_accuracy_drop is not None:
-        drop = 100 * (top1["onnx_fp32"] - top1["onnx_int8"])
-        if drop > recipe.quantize.max_accuracy_drop:
-            raise BuildError(
-                f"INT8 lost {drop:.2f} top-1 points (> quantize.max_accuracy_drop "
-                f"{recipe.quantize.max_accuracy_drop}); no artifact written"
-            )
+        runtimes = check_runtimes(recipe, model, parity_set, eval_set, fp32, int8, top1)
+    check_accuracy_gate(recipe, top1)
 
-    preprocessing = {
+    preprocessing = preprocessing_record(recipe, img_size, eval_set.classes)
+    for path in (fp32, int8):
+        if path is not None:
+            stamp_preprocess(path, preprocessing)
+    # Every gate passed: publish. Renames are atomic; the manifest goes last.
+    files = publish(recipe, model, fp32, int8)
+    manifest = {
+        **recipe_record(recipe, recipe_path),
+        "model": {
+            "parameters": count_parameters(model),
+            "macs": count_macs(model, img_size),
+            "architecture": describe(model).summary(),
+        },
+        "preprocess": preprocessing,
+        "artifacts": files,
+        "export": {
+            **recipe.export.model_dump(mode="json", include={"exporter", "opset", "split_qkv", "dynamic_batch"}),
+            "parity_exported": parity_raw.as_dict(),
+            "parity": parity.as_dict(),
+        },
+        "optimize": optimize_report,
+        "quantize": quantize_report,
+        "evaluate": {"split": recipe.data.eval_split, "images": len(eval_set), "top1": top1},
+        "runtimes": runtimes,
+        "stages": stage_reports,
+        "sizes_bytes": {k: v["bytes"] for k, v in files.items()},
+        "timings_s": timer.seconds | {"total": round(time.perf_counter() - started, 2)},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "environment": environment(),
+    }
+    write_json_atomic(recipe.output.dir / f"{recipe.artifact_name}.json", manifest)
+    return manifest
+
+
+def portable(recipe: Recipe) -> bool:
+    """Runtimes other than ONNX Runtime read standard ONNX operators only."""
+    return any(r != "onnxruntime" for r in recipe.runtimes)
+
+
+def optimize_step(recipe: Recipe, raw: Path, fp32: Path) -> dict | None:
+    if not recipe.optimize.enabled:
+        shutil.copyfile(raw, fp32)
+        return None
+    if portable(recipe):
+        # ORT's fusions emit its own operators (Attention, BiasGelu, ...) other runtimes cannot read.
+        shutil.copyfile(raw, fp32)
+        return {"skipped": f"runtimes {recipe.runtimes}: standard ONNX operators only, no ONNX Runtime fusions"}
+    fuse = recipe.optimize.fuse_attention
+    fuse = recipe.quantize.mode != "static" if fuse == "auto" else fuse
+    # Heads 0: ORT reads each block's head count from its graph (pruned blocks differ).
+    return optimize_transformer(raw, fp32, recipe.optimize, 0, 0, fuse)
+
+
+def quantize_step(recipe: Recipe, fp32: Path, int8: Path, img_size: int) -> dict:
+    reader = None
+    if recipe.quantize.mode == "static":
+        cal = recipe.quantize.calibration
+        cal_set = load_split(recipe.data, cal.split).subset(cal.samples, seed=2)
+        x = preprocess(cal_set.images, recipe.data.preprocess, img_size)
+        reader = ArrayCalibrationReader(INPUT_NAME, x, cal.batch_size)
+    return quantize_model(fp32, int8, recipe.quantize, reader)
+
+
+def check_accuracy_gate(recipe: Recipe, top1: dict[str, float]) -> None:
+    if "onnx_int8" not in top1 or recipe.quantize.max_accuracy_drop is None:
+        return
+    drop = 100 * (top1["onnx_fp32"] - top1["onnx_int8"])
+    if drop > recipe.quantize.max_accuracy_drop:
+        raise BuildError(
+            f"INT8 lost {drop:.2f} top-1 points (> quantize.max_accuracy_drop "
+            f"{recipe.quantize.max_accuracy_drop}); no artifact written"
+        )
+
+
+def check_runtimes(
+    recipe: Recipe, model: nn.Module, parity_set: ImageSet, eval_set: ImageSet, fp32: Path, int8: Path | None, top1: dict
+) -> dict:
+    """Parity and top-1 of the artifact on every runtime the recipe names."""
+    final = int8 or fp32
+    pre, size = recipe.data.preprocess, model.patch_embed.img_size[0]
+    report = {}
+    for runtime in recipe.runtimes:
+        foreign = non_standard_ops(final) if runtime != "onnxruntime" else []
+        if foreign:
+            raise BuildError(f"runtime {runtime}: the artifact holds non-standard operators {foreign}; no artifact written")
+        if runtime == "onnxruntime":
+            final_top1 = top1.get("onnx_int8", top1["onnx_fp32"])
+        else:
+            predict = predictor(final, runtime)
+            final_top1 = predict_accuracy(predict, eval_set, pre, size, recipe.evaluate.batch_size, f"{runtime} {final.name}")
+        parity = check_parity(model, final, parity_set, pre, size, runtime=runtime)
+        report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": runtime_version(runtime)}
+    return report
+
+
+def non_standard_ops(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+
+
+def runtime_version(runtime: str) -> str | None:
+    if runtime == "openvino":
+        from vitdeploy.openvino_runtime import version
+
+        return version()
+    return ort.__version__
+
+
+def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]) -> dict:
+    pre = recipe.data.preprocess
+    return {
         "input_name": INPUT_NAME,
         "layout": "NCHW",
         "img_size": img_size,
@@ -211,13 +301,13 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
         "mean": list(pre.mean),
         "std": list(pre.std),
         "interpolation": pre.interpolation,
-        "classes": list(eval_set.classes),
+        "classes": list(classes),
     }
-    for path in (fp32, int8):
-        if path is not None:
-            stamp_preprocess(path, preprocessing)
 
-    # Every gate passed: publish. Renames are atomic; the manifest goes last.
+
+def publish(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None) -> dict[str, dict]:
+    """Rename the checked files into the output folder; returns their records."""
+    name, out = recipe.artifact_name, recipe.output.dir
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict] = {}
     final = out / f"{name}.onnx"
@@ -231,9 +321,13 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
     if recipe.stages:
         save_weights(model, out / f"{name}.safetensors")
         files["torch"] = file_record(out / f"{name}.safetensors")
+    return files
 
-    manifest = {
-        "name": name,
+
+def recipe_record(recipe: Recipe, recipe_path: Path) -> dict:
+    checkpoint = recipe.model.checkpoint
+    return {
+        "name": recipe.artifact_name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "recipe": {
             "path": str(recipe_path),
@@ -245,35 +339,10 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
             "model": recipe.model.name,
             "overrides": recipe.model.overrides.model_dump(exclude_none=True),
             "pretrained": recipe.model.pretrained,
-            "checkpoint": str(recipe.model.checkpoint) if recipe.model.checkpoint else None,
-            "checkpoint_sha256": sha256_file(recipe.model.checkpoint) if recipe.model.checkpoint else None,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         },
-        "model": {
-            "parameters": count_parameters(model),
-            "macs": count_macs(model, img_size),
-            "architecture": describe(model).summary(),
-        },
-        "preprocess": preprocessing,
-        "artifacts": files,
-        "export": {
-            "exporter": recipe.export.exporter,
-            "opset": recipe.export.opset,
-            "split_qkv": recipe.export.split_qkv,
-            "dynamic_batch": recipe.export.dynamic_batch,
-            "parity_exported": parity_raw.as_dict(),
-            "parity": parity.as_dict(),
-        },
-        "optimize": optimize_report,
-        "quantize": quantize_report,
-        "evaluate": {"split": recipe.data.eval_split, "images": len(eval_set), "top1": top1},
-        "stages": stage_reports,
-        "sizes_bytes": {k: v["bytes"] for k, v in files.items()},
-        "timings_s": timer.seconds | {"total": round(time.perf_counter() - started, 2)},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "environment": environment(),
     }
-    write_json_atomic(out / f"{name}.json", manifest)
-    return manifest
 
 
 def evaluate_all(

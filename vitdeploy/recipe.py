@@ -347,6 +347,12 @@ class Recipe(Section):
     quantize: QuantizeSpec = QuantizeSpec(mode="none")
     evaluate: EvaluateSpec = EvaluateSpec()
     output: OutputSpec = OutputSpec()
+    runtimes: list[Literal["onnxruntime", "openvino"]] = Field(
+        default_factory=lambda: ["onnxruntime"],
+        min_length=1,
+        description="runtimes the artifact must run on, each checked (parity and top-1) and recorded in the manifest. "
+        "Naming one other than onnxruntime keeps the graph to standard ONNX operators (no ONNX Runtime fusions)",
+    )
 
     @model_validator(mode="after")
     def _calibration_is_held_out(self) -> Recipe:
@@ -357,6 +363,13 @@ class Recipe(Section):
                 "calibration images must be distinct from evaluation images"
             )
         return self
+
+    @field_validator("runtimes")
+    @classmethod
+    def _unique_runtimes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"runtimes listed twice: {v}")
+        return v
 
     @property
     def artifact_name(self) -> str:
