@@ -13,7 +13,7 @@ from vitdeploy.errors import RecipeError
 from vitdeploy.pipeline import build
 from vitdeploy.recipe import load_recipe, parse_recipe
 
-from .conftest import TINY_OVERRIDES, TEACHER
+from .conftest import TEACHER, TINY_OVERRIDES
 
 
 def test_portable_static_int8_is_checked_on_both_runtimes(cifar10: Path, tmp_path: Path) -> None:
