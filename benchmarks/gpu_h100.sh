@@ -25,6 +25,6 @@ vd bench artifacts/vit_base_gpu_fp32.onnx artifacts/vit_base_gpu_fp32.fp16.onnx 
 vd bench artifacts/vit_base_gpu_fp32.fp16.onnx --provider cuda --batch 1,256 --cuda-graph --duration 5 \
   --profile "$out/profiles" --json "$out/vit_base_cuda_graph.json" 2>&1 | tee "$out/vit_base_cuda_graph.txt"
 # The reference model's artifacts on the CUDA provider: INT8 ones are expected to be labelled "CPU fallback".
-for r in vit_fp32 deit_int8 vit_dynamic_int8; do vd build recipes/$r.yaml --device cuda > "$out/build_$r.txt" 2>&1; done
-vd bench artifacts/deit_int8.onnx artifacts/vit_dynamic_int8.onnx artifacts/vit_fp32.onnx --provider cuda,tensorrt \
+for r in vit_fp32 vit_static_int8 vit_dynamic_int8; do vd build recipes/$r.yaml --device cuda > "$out/build_$r.txt" 2>&1; done
+vd bench artifacts/vit_static_int8.onnx artifacts/vit_dynamic_int8.onnx artifacts/vit_fp32.onnx --provider cuda,tensorrt \
   --batch 1,256 --duration 3 --json "$out/reference_cuda.json" 2>&1 | tee "$out/reference_cuda.txt"

@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log=runs/measure
 mkdir -p $log
-for r in deit_int8 vit_fp32 vit_dynamic_int8; do
+for r in vit_static_int8 vit_fp32 vit_dynamic_int8; do
   /usr/bin/time -v vitdeploy build recipes/$r.yaml --device cpu > $log/build_$r.txt 2> $log/build_$r.err
   grep -E "Elapsed|Maximum resident" $log/build_$r.err | sed "s/^/$r: /"
 done
-models="artifacts/vit_fp32.onnx artifacts/deit_int8.onnx artifacts/vit_dynamic_int8.onnx"
+models="artifacts/vit_fp32.onnx artifacts/vit_static_int8.onnx artifacts/vit_dynamic_int8.onnx"
 # Three back-to-back runs: each measures every cell, PyTorch eager included, in 5 round-robin rounds of 2 s.
 for i in 1 2 3; do
   vitdeploy bench $models --batch 1,16 --threads 2 --duration 2 --rounds 5 --baseline vit_fp32 \
@@ -21,7 +21,7 @@ python benchmarks/spread.py $log/bench_cpu_{1,2,3}.json | tee $log/spread.txt
 vitdeploy bench $models --batch 1,16 --threads 2 --duration 1 --profile $log/profiles > $log/profiles.txt 2>&1
 cat $log/profiles.txt
 python benchmarks/overhead.py artifacts/vit_dynamic_int8.onnx --batch 16 --threads 2 | tee $log/overhead.txt
-python benchmarks/quant_grid.py recipes/deit_int8.yaml --samples 10000 --speed > $log/grid.txt 2>&1
+python benchmarks/quant_grid.py recipes/vit_static_int8.yaml --samples 10000 --speed > $log/grid.txt 2>&1
 grep -a "variant=" $log/grid.txt
 # Why INT8 gains little here (the kernels on this model's shapes), and how steady the machine is.
 python benchmarks/gemm_ceiling.py | tee $log/gemm_ceiling.txt

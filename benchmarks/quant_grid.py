@@ -1,10 +1,10 @@
 """Accuracy (and optionally speed) of INT8 variants of one recipe's model.
 
-    python benchmarks/quant_grid.py recipes/deit_int8.yaml --samples 2000 [--checkpoint W] [--speed]
+    python benchmarks/quant_grid.py recipes/vit_static_int8.yaml --samples 2000 [--checkpoint W] [--speed]
 
 Exports and optimizes once per attention-fusion setting, then quantizes each variant and
 scores it against the FP32 ONNX on the same evaluation images. Prints a table and writes
-JSON next to the artifacts. This is how the defaults in recipes/deit_int8.yaml were chosen.
+JSON next to the artifacts. This is how the defaults in recipes/vit_static_int8.yaml were chosen.
 """
 
 from __future__ import annotations

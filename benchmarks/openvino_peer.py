@@ -1,0 +1,134 @@
+"""vitdeploy's CPU artifacts beside the peer a CPU user would pick: NNCF post-training quantization + OpenVINO.
+
+    python benchmarks/openvino_peer.py [--batches 1,16] [--threads 2] [--rounds 5] [--duration 2]
+                                       [--samples 10000] [--json runs/openvino_peer.json]
+
+Needs `pip install 'vitdeploy[openvino]'` (OpenVINO and NNCF) and the artifacts of
+`recipes/vit_fp32.yaml`, `vit_dynamic_int8.yaml`, `vit_static_int8.yaml` and the portable
+recipes `vit_fp32_portable.yaml` and `vit_static_int8_portable.yaml` (built when missing).
+
+The peer: NNCF's `quantize` with `ModelType.TRANSFORMER` on the plain FP32 export
+(`vit_fp32_portable.onnx`, standard operators), 300 training images for calibration, run by
+OpenVINO. Every row is timed in the same process, round-robin over `--rounds` rounds; each
+speedup is the median over rounds of that row's throughput / ONNX Runtime FP32's in the same
+round, so the machine's drift cancels. Top-1 is measured on each row's own runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from vitdeploy import bench as B
+from vitdeploy.data import DataStore, ImageSet, preprocess
+from vitdeploy.evaluate import predictor
+from vitdeploy.progress import console, progress_bar
+from vitdeploy.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+ART = ROOT / "artifacts"
+RECIPES = ("vit_fp32", "vit_dynamic_int8", "vit_static_int8", "vit_fp32_portable", "vit_static_int8_portable")
+
+
+def ensure_built(name: str) -> Path:
+    path = ART / f"{name}.onnx"
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", "vitdeploy.cli", "build", str(ROOT / "recipes" / f"{name}.yaml")], check=True)
+    return path
+
+
+def nncf_peer(fp32: Path, target: Path, samples: int = 300) -> float:
+    """NNCF PTQ (transformer preset) of `fp32` into `target`; returns the seconds it took."""
+    import nncf
+    import onnx
+
+    recipe = load_recipe(ROOT / "recipes" / "vit_fp32.yaml")
+    images = DataStore().load("cifar10", "train").subset(samples, seed=2)
+    x = preprocess(images.images, recipe.data.preprocess, 32)
+    dataset = nncf.Dataset([x[i : i + 1] for i in range(len(x))], lambda a: {"pixel_values": a})
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(onnx.load(str(fp32)), dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=samples)
+    seconds = time.perf_counter() - t0
+    onnx.save(quantized, str(target))
+    return seconds
+
+
+def accuracy(path: Path, runtime: str, test: ImageSet) -> float:
+    pre = load_recipe(ROOT / "recipes" / "vit_fp32.yaml").data.preprocess
+    predict = predictor(path, runtime)
+    correct = 0
+    for i in range(0, len(test), 100):
+        logits = predict(preprocess(test.images[i : i + 100], pre, 32))
+        correct += int((logits.argmax(1) == test.labels[i : i + 100]).sum())
+    return correct / len(test)
+
+
+def rows(peer: Path) -> list[tuple[str, Path, str]]:
+    """(label, model, runtime) of every row of the table, baseline first."""
+    return [
+        ("ONNX Runtime FP32 (vit_fp32)", ART / "vit_fp32.onnx", "cpu"),
+        ("ONNX Runtime dynamic INT8 (vit_dynamic_int8)", ART / "vit_dynamic_int8.onnx", "cpu"),
+        ("ONNX Runtime static INT8 (vit_static_int8)", ART / "vit_static_int8.onnx", "cpu"),
+        ("ONNX Runtime portable static INT8 (vit_static_int8_portable)", ART / "vit_static_int8_portable.onnx", "cpu"),
+        ("OpenVINO FP32 (vit_fp32_portable)", ART / "vit_fp32_portable.onnx", "openvino"),
+        ("OpenVINO, vitdeploy static INT8 (vit_static_int8)", ART / "vit_static_int8.onnx", "openvino"),
+        ("OpenVINO, vitdeploy portable static INT8", ART / "vit_static_int8_portable.onnx", "openvino"),
+        ("NNCF PTQ (transformer preset) -> OpenVINO", peer, "openvino"),
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=2.0)
+    p.add_argument("--samples", type=int, default=10000, help="test images scored per row")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+
+    for name in RECIPES:
+        ensure_built(name)
+    peer = ART / "nncf_ptq_vit.onnx"
+    nncf_seconds = nncf_peer(ART / "vit_fp32_portable.onnx", peer)
+    table = rows(peer)
+    batches = tuple(int(b) for b in args.batches.split(","))
+    cfg = B.BenchConfig(batches=batches, threads=(args.threads,), rounds=args.rounds, duration_s=args.duration)
+    cells = [c for _, path, runtime in table for c in B.onnx_cells([path], replace(cfg, providers=(runtime,)))]
+    test = DataStore().load("cifar10", "test").subset(args.samples)
+    with progress_bar(refresh_per_second=1) as bar:
+        results = B.run_grid(cells, cfg, bar)
+    top1 = {label: accuracy(path, "openvino" if runtime == "openvino" else "onnxruntime", test) for label, path, runtime in table}
+    by_cell = {(r.model, r.provider, r.batch): r for r in results}
+    report = {"environment": B.environment(replace(cfg, providers=("cpu", "openvino"))), "nncf_seconds": nncf_seconds, "rows": []}
+    header = "| path | top-1 | " + " | ".join(f"batch {b} img/s | batch {b} vs ORT FP32" for b in batches) + " |"
+    lines = [header, "|" + "---|" * (2 + 2 * len(batches))]
+    for label, path, runtime in table:
+        row = {"path": label, "model": path.name, "runtime": runtime, "top1": top1[label], "batches": {}}
+        cells_md = []
+        for b in batches:
+            r, base = by_cell.get((path.name, runtime, b)), by_cell[(table[0][1].name, "cpu", b)]
+            if r is None or r.error:
+                cells_md += ["failed", r.error if r else "missing"]
+                continue
+            speed = B.paired_speedup(r, base) or r.throughput / base.throughput
+            row["batches"][b] = {"throughput": r.throughput, "vs_ort_fp32": speed, "spread": r.round_spread}
+            cells_md += [f"{r.throughput:,.0f}", f"{speed:.2f}x"]
+        report["rows"].append(row)
+        lines.append(f"| {label} | {top1[label]:.2%} | " + " | ".join(cells_md) + " |")
+    isa = report["environment"]["cpu_isa"]
+    console.print(f"\n{report['environment']['cpu']}; ISA {', '.join(k for k, v in isa.items() if v)}; "
+                  f"{args.threads} threads; NNCF PTQ took {nncf_seconds:.1f} s\n")  # fmt: skip
+    print("\n".join(lines))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
