@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -14,7 +15,8 @@ from vitdeploy.export import check_parity, export_onnx
 from vitdeploy.models import count_macs, count_parameters
 from vitdeploy.optimize import optimize_transformer
 from vitdeploy.pruning import IMPORTANCES, embed_group, head_group, mlp_group, prune_group, sync_attributes
-from vitdeploy.recipe import ExportSpec, OptimizeSpec, Preprocess, PruneConfig, parse_recipe
+from vitdeploy.quantize import quantize_model
+from vitdeploy.recipe import ExportSpec, OptimizeSpec, Preprocess, PruneConfig, QuantizeSpec, parse_recipe
 from vitdeploy.stages.base import StageContext
 from vitdeploy.stages.prune import prune
 
@@ -109,4 +111,12 @@ def test_uneven_heads_export_fuse_and_keep_parity(cifar10: Path, tmp_path: Path)
     images = DataStore(cifar10).load("cifar10", "test").subset(40, seed=3)
     parity = check_parity(model, fused, images, Preprocess(), 32)
     assert parity.top1_agreement == 1.0 and parity.max_abs_logit_diff < 1e-4
-    assert preprocess(images.images[:1], Preprocess(), 32).shape == (1, 3, 32, 32)
+    # Dynamic INT8 turns every fused Attention, whatever its head count, into QAttention.
+    spec = QuantizeSpec(mode="dynamic", op_types=["MatMul", "Gemm", "Attention"])
+    report = quantize_model(fused, tmp_path / "int8.onnx", spec)
+    assert report["quantized_ops"].get("QAttention") == 3
+    x = preprocess(images.images, Preprocess(), 32)
+    int8 = ort.InferenceSession(str(tmp_path / "int8.onnx")).run(None, {"pixel_values": x})[0]
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    assert (int8.argmax(1) == reference.argmax(1)).mean() >= 0.9
