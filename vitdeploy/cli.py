@@ -224,6 +224,26 @@ def bench(
 
 @app.command()
 @user_errors
+def report(
+    recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files; the first is the baseline unless --baseline")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for report.md/.html/.json and the plots")] = Path("report"),
+    no_build: Annotated[bool, typer.Option("--no-build", help="only existing, current artifacts; build nothing")] = False,
+    rounds: Annotated[int, typer.Option(min=1, help="paired round-robin rounds per cell")] = 5,
+    duration: Annotated[float, typer.Option(help="seconds of timed runs per cell and round")] = 2.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads (default: ONNX Runtime's)")] = None,
+    baseline: Annotated[str | None, typer.Option(help="artifact name every row is compared with")] = None,
+    device: Annotated[str, typer.Option(help="device for builds: cpu, cuda, cuda:N or auto")] = "auto",
+) -> None:
+    """Build what is missing, benchmark every artifact, write the comparison table and plots."""
+    from vitdeploy import report as R
+
+    files = R.run(recipes, out_dir, not no_build, rounds, duration, threads, baseline, device)
+    out.print((files["md"]).read_text())
+    out.print(f"[green]wrote[/] {', '.join(str(p) for p in files.values())}")
+
+
+@app.command()
+@user_errors
 def convert(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX artifact")],
     fp16: Annotated[bool, typer.Option("--fp16", help="convert weights and activations to float16")] = False,
