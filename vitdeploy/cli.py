@@ -238,7 +238,7 @@ def report(
     from vitdeploy import report as R
 
     files = R.run(recipes, out_dir, not no_build, rounds, duration, threads, baseline, device)
-    out.print((files["md"]).read_text())
+    out.print(files["md"].read_text(), markup=False, highlight=False)
     out.print(f"[green]wrote[/] {', '.join(str(p) for p in files.values())}")
 
 

@@ -42,21 +42,23 @@ def segment_mean_matrix(num_tokens: int, landmarks: int) -> torch.Tensor:
     return matrix
 
 
-def iterative_pinv(a: torch.Tensor, iterations: int, eye: torch.Tensor | None = None) -> torch.Tensor:
+def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
     """Moore-Penrose pseudo-inverse of each (…, m, m) matrix by a cubically converging iteration.
 
     Z₀ = Aᵀ / (‖A‖₁ ‖A‖∞), per matrix: the norms reduce over the last two axes only, so each
-    sample and head is scaled by itself alone.
+    sample and head is scaled by itself alone. The update Z ← ¼ Z (13I − AZ(15I − AZ(7I − AZ)))
+    is expanded to ¼ (13Z − 15ZB + 7ZB² − ZB³) with B = AZ: scalars instead of identity
+    matrices, so the exported graph holds no m×m constant per iteration.
     """
     absolute = a.abs()
     max_col_sum = absolute.sum(dim=-2).amax(dim=-1, keepdim=True).unsqueeze(-1)
     max_row_sum = absolute.sum(dim=-1).amax(dim=-1, keepdim=True).unsqueeze(-1)
     z = a.transpose(-1, -2) / (max_col_sum * max_row_sum)
-    if eye is None:
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     for _ in range(iterations):
-        az = a @ z
-        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+        b = a @ z
+        zb = z @ b
+        zb2 = zb @ b
+        z = 0.25 * (13 * z - 15 * zb + 7 * zb2 - zb2 @ b)
     return z
 
 
@@ -73,7 +75,6 @@ class NystromAttention(nn.Module):
         self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
         self.attn_drop, self.proj_drop = attn.attn_drop, attn.proj_drop
         self.register_buffer("segment_means", segment_mean_matrix(num_tokens, landmarks), persistent=False)
-        self.register_buffer("eye", torch.eye(landmarks), persistent=False)  # a constant in the ONNX graph
         self.conv = None
         if conv_kernel:
             # Depthwise convolution over the token axis on V (Nyströmformer's skip path). Zero at
@@ -110,7 +111,7 @@ class NystromAttention(nn.Module):
         kernel_2 = F.softmax(q_landmarks @ k_landmarks.transpose(-1, -2), dim=-1)  # (b, h, m, m)
         kernel_3 = F.softmax(q_landmarks @ k.transpose(-1, -2), dim=-1)  # (b, h, m, n)
         kernel_3 = self.attn_drop(kernel_3)
-        out = (kernel_1 @ iterative_pinv(kernel_2, self.pinv_iterations, self.eye)) @ (kernel_3 @ v)
+        out = (kernel_1 @ iterative_pinv(kernel_2, self.pinv_iterations)) @ (kernel_3 @ v)
         if self.conv is not None:
             out = out + self.conv(v)
         out = out.transpose(1, 2).reshape(b, n, self.attn_dim)

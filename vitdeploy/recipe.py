@@ -376,11 +376,15 @@ class Recipe(Section):
         return self.output.name or self.name
 
     def digest(self) -> str:
-        """sha256 of the normalized recipe: equal recipes hash equal whatever their layout."""
+        """sha256 of the normalized recipe: equal recipes hash equal whatever their layout.
+
+        Values left at their defaults are not part of it, so a recipe keeps its hash when a
+        new option (with a default) is added to the schema.
+        """
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
 
 
 # ---------------------------------------------------------------- loading
