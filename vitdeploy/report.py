@@ -248,7 +248,7 @@ def plot(rows: list[Row], out: Path, provider_batch: tuple[str, int]) -> list[Pa
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if larger_better else "lower left")
+        ax.legend(loc="best")
         fig.tight_layout()
         fig.savefig(out / filename)
         plt.close(fig)
