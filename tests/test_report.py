@@ -74,6 +74,12 @@ def test_report_from_two_artifacts(cifar10: Path, tmp_path: Path) -> None:
     checker.feed(files["html"].read_text())
     assert checker.stack == [] and checker.rows == 3 and checker.images == 2
 
+    # --no-build regenerates from the manifests and the earlier timings of the same files.
+    again = run([base, dyn], tmp_path / "report", False, 1, 0.1, 1, None, "cpu")
+    redone = json.loads(again["json"].read_text())
+    assert [r["speed"] for r in redone["rows"]] == [r["speed"] for r in data["rows"]]
+    assert any("timings reused" in n for n in redone["notes"])
+
     # --no-build reuses the artifacts whose recipe hash matches, and leaves out a changed recipe.
     changed = write_recipe(tmp_path, "dyn", {"mode": "dynamic", "per_channel": False})
     again = run([base, changed], tmp_path / "report2", False, 1, 0.1, 1, None, "cpu")

@@ -227,7 +227,9 @@ def bench(
 def report(
     recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files; the first is the baseline unless --baseline")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.md/.html/.json and the plots")] = Path("report"),
-    no_build: Annotated[bool, typer.Option("--no-build", help="only existing, current artifacts; build nothing")] = False,
+    no_build: Annotated[
+        bool, typer.Option("--no-build", help="build nothing; reuse the timings of an earlier report in --out for the same files")
+    ] = False,
     rounds: Annotated[int, typer.Option(min=1, help="paired round-robin rounds per cell")] = 5,
     duration: Annotated[float, typer.Option(help="seconds of timed runs per cell and round")] = 2.0,
     threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads (default: ONNX Runtime's)")] = None,

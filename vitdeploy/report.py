@@ -1,7 +1,8 @@
 """`vitdeploy report`: the survey's comparison table for your own recipes, measured on your machine.
 
 For each recipe: reuse its artifact when the manifest's recipe hash matches (else build it),
-time every artifact with bench's method (paired round-robin rounds; CPU always, CUDA when
+time every artifact with bench's method (with `--no-build`, an earlier report.json in the output
+folder that timed the same ONNX files supplies the timings instead) (paired round-robin rounds; CPU always, CUDA when
 ONNX Runtime has it), and write `report.md`, a self-contained `report.html`, two PNG plots
 (top-1 against CPU throughput and against size, the Pareto front drawn) and `report.json`.
 Each row sits beside the survey's row for the same method, as deltas against each side's own
@@ -300,6 +301,29 @@ def write(rows: list[Row], baseline: Row, env: dict, out: Path, providers, batch
     return {"md": out / "report.md", "html": out / "report.html", "json": out / "report.json", **{p.stem: p for p in images}}
 
 
+def reuse_timings(out: Path, rows: list[Row]) -> dict | None:
+    """The environment of an earlier report in `out` whose timings cover exactly these artifacts.
+
+    Each row's speed figures are copied over when its ONNX file's sha256 is the one timed.
+    """
+    path = out / "report.json"
+    if not path.is_file():
+        return None
+    earlier = json.loads(path.read_text())
+    by_name = {r["name"]: r for r in earlier.get("rows", [])}
+    for row in rows:
+        old = by_name.get(row.name)
+        if (
+            old is None
+            or not old.get("speed")
+            or old["manifest"]["artifacts"]["onnx"]["sha256"] != row.manifest["artifacts"]["onnx"]["sha256"]
+        ):
+            return None
+    for row in rows:
+        row.speed = {p: {int(b): v for b, v in d.items()} for p, d in by_name[row.name]["speed"].items()}
+    return earlier["environment"]
+
+
 def run(
     recipe_paths: list[Path], out: Path, build: bool, rounds: int, duration: float, threads: int | None,
     baseline_name: str | None, device: str,
@@ -308,10 +332,16 @@ def run(
     baseline = next((r for r in rows if r.name == baseline_name), None) if baseline_name else rows[0]
     if baseline is None:
         raise UserError(f"--baseline {baseline_name}: not among {', '.join(r.name for r in rows)}")
-    providers, batches = providers_present(), (1, 16)
-    cfg = B.BenchConfig(providers=providers, batches=batches, threads=(threads,), rounds=rounds, duration_s=duration)
-    from vitdeploy.progress import progress_bar
+    batches = (1, 16)
+    env = None if build else reuse_timings(out, rows)
+    if env is not None:
+        providers = tuple(env["config"]["providers"])
+        notes.append(f"timings reused from the earlier {out / 'report.json'} (the same ONNX files)")
+    else:
+        providers = providers_present()
+        cfg = B.BenchConfig(providers=providers, batches=batches, threads=(threads,), rounds=rounds, duration_s=duration)
+        from vitdeploy.progress import progress_bar
 
-    with progress_bar(refresh_per_second=1) as bar:  # builds (above) show their own progress
-        env = measure(rows, cfg, baseline, bar)
+        with progress_bar(refresh_per_second=1) as bar:  # builds (above) show their own progress
+            env = measure(rows, cfg, baseline, bar)
     return write(rows, baseline, env, out, providers, batches, notes)
