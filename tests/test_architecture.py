@@ -56,6 +56,14 @@ def test_recipe_checkpoint_rebuilds_the_stored_architecture(tmp_path: Path) -> N
     torch.testing.assert_close(create_model(spec).eval()(x), model(x))
 
 
+def test_a_checkpoint_without_overrides_in_the_recipe_brings_its_own(tmp_path: Path) -> None:
+    model = compressed_model()
+    save_weights(model, tmp_path / "m.safetensors")
+    spec = ModelSpec(name="vit_tiny_patch16_224", checkpoint=tmp_path / "m.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(create_model(spec).eval()(x), model(x))
+
+
 def test_checkpoint_of_another_model_is_explained(tmp_path: Path) -> None:
     save_weights(tiny_vit(), tmp_path / "m.safetensors")
     spec = ModelSpec(name="vit_small_patch16_224", overrides=TINY_OVERRIDES, checkpoint=tmp_path / "m.safetensors")

@@ -58,6 +58,8 @@ def create_model(spec: ModelSpec) -> VisionTransformer:
     overrides = spec.overrides.model_dump(exclude_none=True)
     stored = read_architecture(spec.checkpoint) if spec.checkpoint is not None else None
     if stored is not None:
+        if not _shape_overrides(overrides):  # none given: the checkpoint says what the model is
+            overrides = dict(stored.overrides) | overrides
         if stored.timm_name != spec.name or _shape_overrides(stored.overrides) != _shape_overrides(overrides):
             raise UserError(
                 f"model.checkpoint {spec.checkpoint} holds a {stored.timm_name} {stored.overrides}, but the recipe "
