@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# H100 measurements for the README (issue 3), run through the `device` tool from the repo root.
-# NOT YET RUN: no GPU was lent to the sessions that wrote it. Preparation, on this machine:
+# GPU measurements (H100): vit_base and the reference artifacts on the CUDA and TensorRT providers,
+# PyTorch eager and AMP beside them. Not yet run on a GPU. Preparation, on the build machine:
 #   bash ../shared/tools/ort-gpu-parts.sh            # onnxruntime-gpu 1.31.1 -> .ortgpu/part*
 #   mkdir -p .data && cp ../shared/data/cifar10-jpg.tar.gz .data/   (.data/ and .whl/ are git-ignored)
 #   pip download pydantic, pydantic-core, annotated-types, typing-inspection (cp312 manylinux) -d .whl
