@@ -76,9 +76,9 @@ def test_reduce_range_auto_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None
 
     for has_vnni in (True, False):
         monkeypatch.setattr(q, "cpu_has_vnni", lambda has_vnni=has_vnni: has_vnni)
-        assert resolve_reduce_range(QuantizeSpec(reduce_range="auto")) is (not has_vnni)
-        assert resolve_reduce_range(QuantizeSpec(reduce_range=False)) is False
-        assert resolve_reduce_range(QuantizeSpec(reduce_range=True)) is True
+        assert resolve_reduce_range(QuantizeSpec(mode="static", reduce_range="auto")) is (not has_vnni)
+        assert resolve_reduce_range(QuantizeSpec(mode="static", reduce_range=False)) is False
+        assert resolve_reduce_range(QuantizeSpec(mode="static", reduce_range=True)) is True
 
 
 def test_static_matmul_outputs_stay_fp32_by_default(vit_onnx: Path, tmp_path: Path) -> None:

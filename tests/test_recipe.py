@@ -125,3 +125,10 @@ def test_version_flag() -> None:
 
     res = vitdeploy("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"vitdeploy {__version__}"
+
+
+def test_a_quantize_section_without_mode_is_an_error_not_static_int8(tmp_path: Path) -> None:
+    data = {"name": "q", "model": {"name": "vit_tiny_patch16_224"}, "quantize": {"per_channel": False}}
+    with pytest.raises(RecipeError, match=r"quantize.mode: required field is missing"):
+        parse_recipe(data)
+    assert parse_recipe({"name": "q", "model": {"name": "vit_tiny_patch16_224"}}).quantize.mode == "none"

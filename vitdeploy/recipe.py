@@ -282,8 +282,9 @@ class CalibrationSpec(Section):
 
 
 class QuantizeSpec(Section):
-    mode: Literal["none", "dynamic", "static"] = "static"
-    """static: activation scales calibrated once; dynamic: computed per batch at run time"""
+    mode: Literal["none", "dynamic", "static"]
+    """required in a quantize section, so that tuning a field never switches quantization on by itself;
+    static: activation scales calibrated once; dynamic: computed per batch at run time; none: FP32 only"""
     format: Literal["qdq", "qoperator"] = "qdq"
     """static only: QuantizeLinear/DequantizeLinear pairs or QLinear* operators"""
     per_channel: bool = True
