@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vitdeploy import bench as B
 from vitdeploy.data import DataStore, ImageSet, preprocess
-from vitdeploy.evaluate import predictor
+from vitdeploy.evaluate import predict_accuracy, predictor
 from vitdeploy.progress import console, progress_bar
 from vitdeploy.recipe import load_recipe
 
@@ -60,12 +60,7 @@ def nncf_peer(fp32: Path, target: Path, samples: int = 300) -> float:
 
 def accuracy(path: Path, runtime: str, test: ImageSet) -> float:
     pre = load_recipe(ROOT / "recipes" / "vit_fp32.yaml").data.preprocess
-    predict = predictor(path, runtime)
-    correct = 0
-    for i in range(0, len(test), 100):
-        logits = predict(preprocess(test.images[i : i + 100], pre, 32))
-        correct += int((logits.argmax(1) == test.labels[i : i + 100]).sum())
-    return correct / len(test)
+    return predict_accuracy(predictor(path, runtime), test, pre, 32, 100, f"{path.name} ({runtime})")
 
 
 def rows(peer: Path) -> list[tuple[str, Path, str]]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vitdeploy.data import ImageSet, batches, preprocess
-from vitdeploy.evaluate import predictor, torch_logits
+from vitdeploy.evaluate import Predict, predictor, torch_logits
 from vitdeploy.export_rules import apply_export_rules
 from vitdeploy.models import split_qkv
 from vitdeploy.recipe import ExportSpec, Preprocess
@@ -68,12 +68,14 @@ def check_parity(
     img_size: int,
     batch_size: int = 32,
     runtime: str = "onnxruntime",
+    predict: Predict | None = None,
 ) -> Parity:
     """Run real images through PyTorch and an ONNX runtime; compare logits and top-1.
 
     The batch size differs from the export's trace batch, so a baked-in batch shows up here.
+    `predict`: an already loaded model of `onnx_path`, instead of loading it on `runtime`.
     """
-    predict = predictor(onnx_path, runtime)
+    predict = predict or predictor(onnx_path, runtime)
     device = next(model.parameters()).device
     max_diff, sum_diff, agree, n, sizes = 0.0, 0.0, 0, 0, set()
     for x_u8, _ in batches(images, batch_size):

@@ -30,7 +30,7 @@ from vitdeploy import __version__
 from vitdeploy.data import ImageSet, data_identity, load_split, preprocess
 from vitdeploy.errors import BuildError
 from vitdeploy.evaluate import onnx_accuracy, predict_accuracy, predictor, torch_accuracy
-from vitdeploy.export import INPUT_NAME, check_parity, export_onnx
+from vitdeploy.export import INPUT_NAME, Parity, check_parity, export_onnx
 from vitdeploy.graph import stamp_preprocess
 from vitdeploy.models import count_macs, count_parameters, create_model, describe, load_model, save_weights
 from vitdeploy.optimize import optimize_transformer
@@ -58,21 +58,30 @@ def referenced_files(value: object) -> list[Path]:
     return []
 
 
-def stage_key(recipe: Recipe, upto: int) -> str:
-    """Identity of the model after stage `upto`.
+def stage_keys(recipe: Recipe) -> list[str]:
+    """Identity of the model after each stage, in order.
 
-    It covers the model spec and its checkpoint's content, the data (content fingerprint,
-    splits, preprocessing) and every stage config so far with the content of each file they
-    name (a teacher's weights, say). Anything else that changes leaves the cache valid.
+    Each key covers the model spec and its checkpoint's content, the data (content fingerprint,
+    splits, preprocessing) and every stage config up to it with the content of each file they
+    name (a teacher's weights, say). Anything else that changes leaves the cache valid. One
+    running hash: every file and the data are read once, however many stages there are.
     """
     h = hashlib.sha256(recipe.model.model_dump_json().encode())
     h.update(json.dumps(data_identity(recipe.data), sort_keys=True).encode())
-    for cfg in [recipe.model, *recipe.stages[: upto + 1]]:
-        if cfg is not recipe.model:
-            h.update(cfg.model_dump_json().encode())
+    for path in referenced_files(recipe.model):
+        h.update(sha256_file(path).encode())
+    keys = []
+    for cfg in recipe.stages:
+        h.update(cfg.model_dump_json().encode())
         for path in referenced_files(cfg):
             h.update(sha256_file(path).encode())
-    return h.hexdigest()[:12]
+        keys.append(h.copy().hexdigest()[:12])
+    return keys
+
+
+def stage_key(recipe: Recipe, upto: int) -> str:
+    """The key of the model after stage `upto` (see `stage_keys`)."""
+    return stage_keys(recipe)[upto]
 
 
 def run_stages(recipe: Recipe, device: torch.device) -> tuple[nn.Module, list[dict]]:
@@ -85,8 +94,8 @@ def run_stages(recipe: Recipe, device: torch.device) -> tuple[nn.Module, list[di
     model = create_model(recipe.model)
     splits: dict = {}
     reports = []
-    for i, cfg in enumerate(recipe.stages):
-        folder = work_dir(recipe) / f"{i}-{cfg.stage}-{stage_key(recipe, i)}"
+    for i, (cfg, key) in enumerate(zip(recipe.stages, stage_keys(recipe), strict=True)):
+        folder = work_dir(recipe) / f"{i}-{cfg.stage}-{key}"
         weights, report_file = folder / "model.safetensors", folder / "report.json"
         cached = weights.is_file() and report_file.is_file()
         if cached:
@@ -178,7 +187,7 @@ def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
             quantize_report = quantize_step(recipe, fp32, int8, img_size)
     with timer.step("evaluate"):
         top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
-        runtimes = check_runtimes(recipe, model, parity_set, eval_set, fp32, int8, top1)
+        runtimes = check_runtimes(recipe, model, parity_set, eval_set, fp32, int8, top1, parity)
     check_accuracy_gate(recipe, top1)
 
     preprocessing = preprocessing_record(recipe, img_size, eval_set.classes)
@@ -256,9 +265,19 @@ def check_accuracy_gate(recipe: Recipe, top1: dict[str, float]) -> None:
 
 
 def check_runtimes(
-    recipe: Recipe, model: nn.Module, parity_set: ImageSet, eval_set: ImageSet, fp32: Path, int8: Path | None, top1: dict
+    recipe: Recipe,
+    model: nn.Module,
+    parity_set: ImageSet,
+    eval_set: ImageSet,
+    fp32: Path,
+    int8: Path | None,
+    top1: dict,
+    fp32_parity: Parity,
 ) -> dict:
-    """Parity and top-1 of the artifact on every runtime the recipe names."""
+    """Parity and top-1 of the artifact on every runtime the recipe names.
+
+    What the build already measured on ONNX Runtime (top-1, the FP32 file's parity) is reused.
+    """
     final = int8 or fp32
     pre, size = recipe.data.preprocess, model.patch_embed.img_size[0]
     report = {}
@@ -268,10 +287,11 @@ def check_runtimes(
             raise BuildError(f"runtime {runtime}: the artifact holds non-standard operators {foreign}; no artifact written")
         if runtime == "onnxruntime":
             final_top1 = top1.get("onnx_int8", top1["onnx_fp32"])
+            parity = fp32_parity if int8 is None else check_parity(model, final, parity_set, pre, size)
         else:
-            predict = predictor(final, runtime)
+            predict = predictor(final, runtime)  # compiled once for both checks
             final_top1 = predict_accuracy(predict, eval_set, pre, size, recipe.evaluate.batch_size, f"{runtime} {final.name}")
-        parity = check_parity(model, final, parity_set, pre, size, runtime=runtime)
+            parity = check_parity(model, final, parity_set, pre, size, predict=predict)
         report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": runtime_version(runtime)}
     return report
 

@@ -26,7 +26,7 @@ from vitdeploy.errors import UserError
 from vitdeploy.models import add_distillation_token, create_model, load_weights
 from vitdeploy.recipe import DistillConfig, ModelSpec, Preprocess, TeacherSpec
 from vitdeploy.stages.base import StageContext, register_stage
-from vitdeploy.stages.loop import LossFn, train
+from vitdeploy.stages.loop import LossFn, Normalize, train
 
 TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, indices) -> logits
 
@@ -34,8 +34,8 @@ TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, ind
 def load_teacher(spec: TeacherSpec) -> nn.Module:
     """A ViT written by vitdeploy rebuilds from its file; any other timm model from name + overrides."""
     if spec.checkpoint is not None and read_architecture(spec.checkpoint) is not None:
-        overrides = spec.overrides or read_architecture(spec.checkpoint).overrides
-        return create_model(ModelSpec(name=spec.name, overrides=overrides, checkpoint=spec.checkpoint))
+        # create_model takes the architecture from the file when no overrides are given.
+        return create_model(ModelSpec(name=spec.name, overrides=spec.overrides, checkpoint=spec.checkpoint))
     if not timm.models.is_model(spec.name):
         raise UserError(f"distill.teacher.name: '{spec.name}' is not a timm model")
     teacher = timm.create_model(spec.name, pretrained=spec.pretrained, **spec.overrides)
@@ -89,10 +89,8 @@ class TeacherTargets:
             self.cache = self._logits_of_uint8(cache_images, pre)
 
     def _logits_of_uint8(self, images: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-        mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std).view(1, 3, 1, 1)
-        chunks = [self._run((chunk.float() / 255.0 - mean) / std) for chunk in images.split(512)]
-        return torch.cat(chunks)
+        normalize = Normalize(pre, torch.device("cpu"))
+        return torch.cat([self._run(normalize(chunk)) for chunk in images.split(512)])
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()

@@ -61,6 +61,17 @@ def random_crop_flip(
     return torch.where(flip, cropped.flip(-1), cropped)
 
 
+class Normalize:
+    """uint8 NCHW batch -> float batch scaled to [0, 1] and normalized with the recipe's mean/std."""
+
+    def __init__(self, pre: Preprocess, device: torch.device) -> None:
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean) / self.std
+
+
 class BatchAugment:
     """uint8 NCHW batch on device -> augmented, normalized float batch."""
 
@@ -68,8 +79,7 @@ class BatchAugment:
         self.kind = cfg.augment
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.randaugment = v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude)
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+        self.normalize = Normalize(pre, device)
 
     def __call__(self, x: torch.Tensor, rows: slice | None = None, total: int | None = None) -> torch.Tensor:
         if self.kind == "randaugment":
@@ -77,7 +87,7 @@ class BatchAugment:
             x = torch.cat([self.randaugment(chunk) for chunk in x.split(16)])
         if self.kind in ("flip_crop", "randaugment"):
             x = random_crop_flip(x, padding=x.shape[-1] // 8, gen=self.gen, rows=rows, total=total)
-        return (x.float() / 255.0 - self.mean) / self.std
+        return self.normalize(x)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
