@@ -11,10 +11,20 @@ import pytest
 import torch
 
 from vitdeploy.data import DataStore, preprocess
+from vitdeploy.errors import UserError
 from vitdeploy.export import check_parity, export_onnx
-from vitdeploy.models import count_macs, count_parameters
+from vitdeploy.models import build_model, count_macs, count_parameters, describe
 from vitdeploy.optimize import optimize_transformer
-from vitdeploy.pruning import IMPORTANCES, embed_group, head_group, mlp_group, prune_group, sync_attributes
+from vitdeploy.pruning import (
+    IMPORTANCES,
+    embed_group,
+    head_dim_group,
+    head_group,
+    keep_per_head,
+    mlp_group,
+    prune_group,
+    sync_attributes,
+)
 from vitdeploy.quantize import quantize_model
 from vitdeploy.recipe import ExportSpec, OptimizeSpec, Preprocess, PruneConfig, QuantizeSpec, parse_recipe
 from vitdeploy.stages.base import StageContext
@@ -120,3 +130,58 @@ def test_uneven_heads_export_fuse_and_keep_parity(cifar10: Path, tmp_path: Path)
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
     assert (int8.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+
+def test_narrowing_heads_keeps_each_heads_best_channels_and_its_softmax_scale() -> None:
+    torch.manual_seed(0)
+    model = tiny_vit()
+    attn = model.blocks[0].attn  # 3 heads of width 16
+    x = torch.randn(4, 3, 32, 32)
+    # Channels 8..15 of every head carry nothing: removing them must not change the output,
+    # which only holds if the q·k scale of width 16 survives the cut to width 8.
+    with torch.no_grad():
+        for h in range(3):
+            dead = slice(h * 16 + 8, h * 16 + 16)
+            for k in range(3):
+                attn.qkv.weight[k * 48 :][dead] = 0
+                attn.qkv.bias[k * 48 :][dead] = 0
+            attn.proj.weight[:, dead] = 0
+    reference = model(x)
+    scores = IMPORTANCES["l1"]()(model, head_dim_group(model, 0))
+    keep = keep_per_head(scores, 3, 8)
+    assert keep.tolist() == [c + 16 * h for h in range(3) for c in range(8)]
+    prune_group(model, head_dim_group(model, 0), keep)
+    sync_attributes(model)
+    assert (attn.num_heads, attn.head_dim, attn.qkv.out_features, attn.proj.in_features) == (3, 8, 72, 24)
+    torch.testing.assert_close(model(x), reference)
+
+
+def test_head_dim_ratio_rebuilds_from_its_architecture(cifar10: Path, tmp_path: Path) -> None:
+    ctx = prune_ctx(tmp_path)
+    model = prune(tiny_vit(), ctx, PruneConfig(head_ratio=0.34, head_dim_ratio=0.5, samples=32))
+    assert [b.attn.head_dim for b in model.blocks] == [8, 8]
+    rebuilt = build_model(describe(model))
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt.eval()(x), model(x))
+
+
+def test_removing_blocks_deletes_the_least_missed_and_rebuilds(cifar10: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tiny_vit(depth=3)
+    with torch.no_grad():  # block 1 adds nothing to the residual stream: deleting it costs nothing
+        for name in ("attn.proj", "mlp.fc2"):
+            layer = model.blocks[1].get_submodule(name)
+            layer.weight.zero_()
+            layer.bias.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    reference = model.eval()(x)
+    ctx = prune_ctx(tmp_path)
+    pruned = prune(model, ctx, PruneConfig(remove_blocks=1, samples=16))
+    assert ctx.report["blocks_removed"] == [1] and len(pruned.blocks) == 2
+    torch.testing.assert_close(pruned(x), reference)
+    rebuilt = build_model(describe(pruned))
+    rebuilt.load_state_dict(pruned.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x), reference)
+    with pytest.raises(UserError, match="all 2 blocks"):
+        prune(pruned, ctx, PruneConfig(remove_blocks=2, samples=16))

@@ -74,6 +74,7 @@ class Architecture:
             "embed_dim": self.embed_dim,
             "distilled": self.distilled,
             "heads": [b.num_heads for b in self.blocks],
+            "head_dim": [b.head_dim for b in self.blocks],
             "mlp_hidden": [b.mlp_hidden for b in self.blocks],
             "attention": [b.attention.get("kind", "exact") for b in self.blocks],
         }

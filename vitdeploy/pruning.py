@@ -4,7 +4,10 @@ The dependency graph is written out, not traced: in a ViT each removable structu
 known set of tensors.
 - a head of block i: its rows of q, k and v in `attn.qkv` (three strided slices) and its
   columns of `attn.proj`;
+- one channel of one head of block i (its width): that row of q, k and v and that column of
+  `attn.proj`; every head of a block keeps the same width, so channels are chosen per head;
 - an MLP hidden unit of block i: a row (and bias) of `mlp.fc1`, a column of `mlp.fc2`;
+- a whole block: its residual branch is skipped (the block is deleted);
 - an embedding channel: that channel of every tensor on the residual stream (patch
   embedding, tokens, position embedding, every norm, every projection in and out, the heads).
 
@@ -46,7 +49,7 @@ class Member:
 
 @dataclass(frozen=True)
 class Group:
-    kind: str  # "heads", "mlp" or "embed"
+    kind: str  # "heads", "head_dims", "mlp" or "embed"
     block: int | None
     count: int
     members: tuple[Member, ...]
@@ -65,6 +68,25 @@ def head_group(model: VisionTransformer, i: int) -> Group:
         members += [Member(f"{p}.qkv.bias", 0, hd, k * width) for k in range(3)]
     members.append(Member(f"{p}.proj.weight", 1, hd))
     return Group("heads", i, attn.num_heads, tuple(members))
+
+
+def head_dim_group(model: VisionTransformer, i: int) -> Group:
+    """Structure s is channel s % head_dim of head s // head_dim: one row of q, k, v, one proj column."""
+    attn = model.blocks[i].attn
+    width = attn.attn_dim
+    p = f"blocks.{i}.attn"
+    members = [Member(f"{p}.qkv.weight", 0, 1, k * width) for k in range(3)]
+    if attn.qkv.bias is not None:
+        members += [Member(f"{p}.qkv.bias", 0, 1, k * width) for k in range(3)]
+    members.append(Member(f"{p}.proj.weight", 1))
+    return Group("head_dims", i, width, tuple(members))
+
+
+def keep_per_head(scores: torch.Tensor, num_heads: int, keep: int) -> torch.Tensor:
+    """Channel indices to keep: the `keep` highest-scoring channels of every head."""
+    per_head = scores.view(num_heads, -1)
+    top = per_head.topk(keep, dim=1).indices.sort(dim=1).values
+    return (top + torch.arange(num_heads)[:, None] * per_head.shape[1]).flatten()
 
 
 def mlp_group(model: VisionTransformer, i: int) -> Group:
@@ -223,6 +245,16 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor) -> None:
     if group.kind == "heads":
         attn = model.blocks[group.block].attn
         set_heads(attn, len(keep), attn.head_dim)
+    elif group.kind == "head_dims":
+        attn = model.blocks[group.block].attn
+        head_dim = len(keep) // attn.num_heads
+        # timm scales q·k by head_dim ** -0.5; fold the change into q so the logits stay as trained.
+        correction = (head_dim / attn.head_dim) ** 0.5
+        with torch.no_grad():
+            attn.qkv.weight[: len(keep)] *= correction
+            if attn.qkv.bias is not None:
+                attn.qkv.bias[: len(keep)] *= correction
+        set_heads(attn, attn.num_heads, head_dim)
 
 
 def sync_attributes(model: VisionTransformer) -> None:
@@ -237,6 +269,33 @@ def sync_attributes(model: VisionTransformer) -> None:
     model.embed_dim = model.num_features = model.cls_token.shape[-1] if model.cls_token is not None else model.pos_embed.shape[-1]
     if hasattr(model, "head_hidden_size"):
         model.head_hidden_size = model.embed_dim
+
+
+def block_skip_scores(model: VisionTransformer, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """KL(p_model ‖ p_without_block_i) on a sample for every block: what deleting it costs."""
+
+    def log_probs() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([F.log_softmax(model(x), -1) for x in images.split(batch_size)])
+
+    model.eval()
+    reference = log_probs()
+    blocks = model.blocks
+    scores = torch.zeros(len(blocks))
+    try:
+        for i in range(len(blocks)):
+            model.blocks = nn.Sequential(*[b for j, b in enumerate(blocks) if j != i])
+            scores[i] = F.kl_div(log_probs(), reference, reduction="batchmean", log_target=True)
+    finally:
+        model.blocks = blocks
+    return scores
+
+
+def remove_blocks(model: VisionTransformer, keep: list[int]) -> None:
+    """Keep only blocks `keep` (in their order): a shallower model."""
+    model.blocks = nn.Sequential(*[model.blocks[i] for i in sorted(keep)])
+    if hasattr(model, "feature_info"):
+        model.feature_info = [dict(f, module=f"blocks.{i}") for i, f in enumerate(model.feature_info[: len(keep)])]
 
 
 def select_per_layer(scores: torch.Tensor, remove_fraction: float, minimum: int, multiple: int = 1) -> torch.Tensor:

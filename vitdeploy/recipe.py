@@ -175,7 +175,7 @@ class DistillConfig(TrainingConfig):
 
 
 class PruneConfig(Section):
-    """Structured pruning: removes whole heads and MLP hidden units (optionally embedding channels)."""
+    """Structured pruning: removes whole heads and MLP hidden units (optionally embedding channels and head width)."""
 
     stage: Literal["prune"] = "prune"
     ratio: float | None = Field(
@@ -186,6 +186,12 @@ class PruneConfig(Section):
         None, ge=0, lt=1, description="per-layer: fraction of MLP hidden units removed in every block"
     )
     embed_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of embedding channels removed (all blocks share them)")
+    remove_blocks: int = Field(
+        0, ge=0, description="whole blocks deleted first, one at a time, each the one whose absence changes the output least (KL)"
+    )
+    head_dim_ratio: float = Field(
+        0.0, ge=0, lt=1, description="fraction of every head's width (q, k and v channels) removed, after heads and MLP units"
+    )
     importance: Literal["taylor", "l1", "kl"] = "taylor"
     """taylor: abs(sum of w * dL/dw) over the structure; l1: sum of abs(w); kl: KL divergence of the
     outputs with the structure removed (one pass over the sample per structure)"""
@@ -202,8 +208,8 @@ class PruneConfig(Section):
         per_layer = self.head_ratio is not None or self.mlp_ratio is not None
         if self.ratio is not None and per_layer:
             raise ValueError("give either ratio (global) or head_ratio/mlp_ratio (per layer), not both")
-        if self.ratio is None and not per_layer and self.embed_ratio == 0:
-            raise ValueError("nothing to prune: give ratio, head_ratio/mlp_ratio or embed_ratio")
+        if self.ratio is None and not per_layer and not (self.embed_ratio or self.head_dim_ratio or self.remove_blocks):
+            raise ValueError("nothing to prune: give ratio, head_ratio/mlp_ratio, embed_ratio, head_dim_ratio or remove_blocks")
         return self
 
 

@@ -2,7 +2,9 @@
 
 Targets: `ratio`, the fraction of the model's parameters removed, ranked globally over every
 block's heads and MLP units; or `head_ratio` / `mlp_ratio`, the same fraction in every block;
-`embed_ratio` removes embedding channels first. Taylor and KL scores estimate the loss a
+`remove_blocks` deletes whole blocks first (greedily, the least missed by output KL);
+`embed_ratio` then removes embedding channels; `head_dim_ratio` narrows every head last
+(the channels each head keeps are its own; the softmax scale is folded into q). Taylor and KL scores estimate the loss a
 structure's removal costs, so the global ranking divides them by the parameters the
 structure holds (least loss per parameter goes first). L1 magnitudes are not comparable
 across layers, so each group's scores are divided by their mean and ranked as they are.
@@ -16,18 +18,24 @@ import math
 import time
 
 import torch
+from timm.layers.attention import Attention
 from torch import nn
 
 from vitdeploy.data import preprocess
+from vitdeploy.errors import UserError
 from vitdeploy.models import count_macs, count_parameters, describe
 from vitdeploy.pruning import (
     IMPORTANCES,
     Group,
     Importance,
+    block_skip_scores,
     embed_group,
+    head_dim_group,
     head_group,
+    keep_per_head,
     mlp_group,
     prune_group,
+    remove_blocks,
     select_per_layer,
     structure_cost,
     sync_attributes,
@@ -76,6 +84,39 @@ def score_and_prune(model: nn.Module, importance: Importance, groups: list[Group
     sync_attributes(model)
 
 
+def narrow_heads(model: nn.Module, importance: Importance, x: torch.Tensor, y: torch.Tensor, cfg: PruneConfig) -> None:
+    """Remove `head_dim_ratio` of every head's channels (widths stay a multiple of 8 where they can)."""
+    for blk in model.blocks:
+        attn = blk.attn
+        plain = type(attn) is Attention and getattr(attn, "gate", None) is None
+        if not plain or not all(isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm")):
+            raise UserError(
+                "prune.head_dim_ratio needs timm's exact attention without qk_norm, scale_norm or gating; "
+                "narrow heads before a nystrom stage"
+            )
+    importance.prepare(model, x, y, cfg.batch_size)
+    for i, blk in enumerate(model.blocks):
+        width = blk.attn.head_dim
+        keep = width - math.floor(cfg.head_dim_ratio * width)
+        keep = max(1, 8 * round(keep / 8)) if width >= 16 else max(1, keep)
+        if keep < width:
+            group = head_dim_group(model, i)
+            prune_group(model, group, keep_per_head(importance(model, group), blk.attn.num_heads, keep))
+    sync_attributes(model)
+
+
+def delete_blocks(model: nn.Module, x: torch.Tensor, cfg: PruneConfig) -> list[int]:
+    """Delete `remove_blocks` blocks one at a time, re-scoring in between; their original indices."""
+    if cfg.remove_blocks >= len(model.blocks):
+        raise UserError(f"prune.remove_blocks={cfg.remove_blocks} would delete all {len(model.blocks)} blocks")
+    remaining, deleted = list(range(len(model.blocks))), []
+    for _ in range(cfg.remove_blocks):
+        skip = int(block_skip_scores(model, x, cfg.batch_size).argmin())
+        remove_blocks(model, [i for i in range(len(model.blocks)) if i != skip])
+        deleted.append(remaining.pop(skip))
+    return sorted(deleted)
+
+
 @register_stage(PruneConfig)
 def prune(model: nn.Module, ctx: StageContext, cfg: PruneConfig) -> nn.Module:
     started = time.perf_counter()
@@ -91,6 +132,7 @@ def prune(model: nn.Module, ctx: StageContext, cfg: PruneConfig) -> nn.Module:
     y = torch.from_numpy(sample.labels)
     importance = IMPORTANCES[cfg.importance]()
     original = before["parameters"]
+    deleted = delete_blocks(model, x, cfg)
     original_counts = [g.count for g in block_groups(model)]
 
     if cfg.embed_ratio:
@@ -118,6 +160,8 @@ def prune(model: nn.Module, ctx: StageContext, cfg: PruneConfig) -> nn.Module:
                 target = n0 - math.floor(ratio * fraction * n0)
                 kept.append(min(g.count, max(minimum_kept(g, cfg), m * round(target / m))))
             score_and_prune(model, importance, groups, kept, None)
+    if cfg.head_dim_ratio:
+        narrow_heads(model, importance, x, y, cfg)
     model.zero_grad(set_to_none=True)
     after = {
         "parameters": count_parameters(model),
@@ -128,6 +172,7 @@ def prune(model: nn.Module, ctx: StageContext, cfg: PruneConfig) -> nn.Module:
         importance=cfg.importance,
         before=before,
         after=after,
+        blocks_removed=deleted,
         parameters_removed=round(1 - after["parameters"] / original, 4),
         macs_removed=round(1 - after["macs"] / before["macs"], 4),
         seconds=round(time.perf_counter() - started, 2),
