@@ -100,7 +100,7 @@ def test_a_non_image_member_is_named_not_a_traceback(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(folder / "ok.png")
     (tmp_path / "src" / "train" / "cat" / "notes.jpg").write_text("not an image")
-    with pytest.raises(UserError, match=r"train/cat/notes.jpg: not a readable image"):
+    with pytest.raises(UserError, match=r"train/cat/notes.jpg: not an image"):
         DataStore(tmp_path / "cache").import_source("odd", tmp_path / "src")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,7 +44,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"[bold red]build failed:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted; no partial artifact was written")
+            err.print("[yellow]interrupted; no partial artifact was written (a rerun continues where this stopped)")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -99,14 +101,48 @@ def check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
 def build(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+    fresh: Annotated[bool, typer.Option("--fresh", help="ignore saved stages and training state; start over")] = False,
+    checkpoint_every: Annotated[
+        float, typer.Option(min=0, help="seconds between training checkpoints within an epoch (also at every epoch end)")
+    ] = 300.0,
 ) -> None:
-    """Build a recipe: stages, ONNX export, optimize, quantize, evaluate, manifest."""
+    """Build a recipe: stages, ONNX export, optimize, quantize, evaluate, manifest.
+
+    An interrupted build (Ctrl-C, kill) resumes where it stopped when run again.
+    """
     r = _validate(recipe)
     from vitdeploy.pipeline import build as run_build
     from vitdeploy.stages import resolve_device
 
-    manifest = run_build(r, recipe.resolve(), resolve_device(device))
+    with interrupt_on_sigterm():
+        manifest = run_build(r, recipe.resolve(), resolve_device(device), fresh=fresh, checkpoint_every_s=checkpoint_every)
     out.print(summary_table(manifest))
+
+
+@app.command()
+@user_errors
+def clean(recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files whose cache to remove")]) -> None:
+    """Remove recipes' caches: saved stage outputs, training checkpoints, work files (not the artifacts)."""
+    from vitdeploy.pipeline import clean as clean_cache
+
+    for path in recipes:
+        r = _validate(path)
+        freed = clean_cache(r)
+        out.print(f"{r.artifact_name}: removed {freed / 1e6:.1f} MB of cache", highlight=False)
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a service manager, `kill`) unwinds like Ctrl-C: temporary files are removed."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summary_table(m: dict) -> Table:
@@ -288,6 +324,105 @@ def _torch_cells(recipe: Path, cfg, compiled: bool, amp: bool) -> list:
         kind = ("compile" if c else "eager") + (" amp" if a else "")
         cells.append((f"{label} ({kind}) {prov} b{b}" + (f" t{t}" if t else ""), run))
     return cells
+
+
+@app.command()
+@user_errors
+def package(
+    model: Annotated[Path, typer.Argument(help="a built artifact, e.g. artifacts/deit_int8.onnx")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="bundle folder, or FILE.tar.gz (default: <artifact>.bundle beside it)")
+    ] = None,
+    ort_format: Annotated[
+        bool, typer.Option("--ort-format", help="add the ORT-format model and the operator config for reduced builds")
+    ] = False,
+    bench: Annotated[str, typer.Option(help="providers to benchmark into bundle.json (comma list); 'none' to skip")] = "cpu",
+    batch: Annotated[str, typer.Option(help="batch sizes benchmarked")] = "1,16",
+    threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads for the benchmark")] = None,
+    duration: Annotated[float, typer.Option(help="seconds of timed runs per benchmark cell")] = 2.0,
+) -> None:
+    """Write an edge bundle: model, preprocess.json, labels.txt, bundle.json with checksums and figures."""
+    from vitdeploy import bundle as B
+
+    B.build_manifest_for(model)  # before any benchmarking: refuse what is not a build output
+    target = out_path or model.with_name(model.name.removesuffix(".onnx") + ".bundle")
+    figures, env = _bundle_benchmarks(model, bench, batch, threads, duration)
+    with err.status(f"packaging {model.name}"):
+        B.package(model, target, ort_format=ort_format, benchmarks=figures, bench_environment=env)
+    verified = B.open_bundle(target)
+    files = ", ".join(verified.manifest["files"])
+    out.print(f"[green]{target}[/]: {files} (checksums verified)", highlight=False)
+
+
+def _bundle_benchmarks(model: Path, providers: str, batch: str, threads: int | None, duration: float):
+    if providers == "none":
+        return [], None
+    from vitdeploy import bench as B
+    from vitdeploy.graph import load_checked
+    from vitdeploy.progress import progress_bar
+
+    load_checked(model)
+    try:
+        batches = tuple(int(b) for b in batch.split(","))
+    except ValueError:
+        raise UserError(f"--batch {batch!r}: expected a comma list of integers") from None
+    cfg = B.BenchConfig(providers=tuple(p.strip() for p in providers.split(",")), batches=batches, threads=(threads,),
+                        duration_s=duration, min_iters=20)  # fmt: skip
+    with progress_bar(refresh_per_second=1) as bar:
+        results = B.run_grid(B.onnx_cells([model], cfg), cfg, bar)
+    keep = ("provider", "batch", "threads", "throughput", "p50_ms", "p99_ms", "runs", "peak_rss_mb", "error")
+    rows = [{k: v for k, v in r.as_row().items() if k in keep} for r in results]
+    env = B.environment(cfg)
+    return rows, {k: env[k] for k in ("cpu", "logical_cores", "cpu_isa", "onnxruntime", "openvino", "throughput")}
+
+
+@app.command()
+@user_errors
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder or .tar.gz (from vitdeploy package)")],
+    images: Annotated[list[Path], typer.Argument(help="image files and folders (walked recursively)")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="labels shown per image")] = 3,
+    batch: Annotated[int, typer.Option(min=1, help="images per inference call")] = 16,
+    provider: Annotated[str, typer.Option(help="cpu, cuda, tensorrt (ONNX Runtime) or openvino")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads (default: the runtime's)")] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="one JSON object per image (JSON Lines)")] = False,
+    csv_rows: Annotated[bool, typer.Option("--csv", help="CSV with a header row")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write results here instead of stdout")] = None,
+) -> None:
+    """Classify images with a bundle (checksums verified first; needs no PyTorch)."""
+    import tempfile
+
+    from vitdeploy import bundle as B
+    from vitdeploy import predict as P
+    from vitdeploy.progress import progress_bar
+    from vitdeploy.results import result_writer
+
+    if json_lines and csv_rows:
+        raise UserError("choose one of --json and --csv")
+    with tempfile.TemporaryDirectory(prefix="vitdeploy-bundle-") as scratch:
+        opened = B.open_bundle(bundle, Path(scratch))
+        run = P.runner(opened, provider, threads)
+        tally = P.Tally()
+        fmt = "json" if json_lines else "csv" if csv_rows else "text"
+        with result_writer(output, fmt, top_k) as write, progress_bar(refresh_per_second=2) as bar:
+            task = bar.add_task("predicting", total=None)
+            for item in P.predict(opened, images, run, batch, top_k, on_batch=lambda n: bar.advance(task, n), tally=tally):
+                write(item)
+    _predict_summary(tally, batch, provider)
+    if tally.failed:
+        raise typer.Exit(1)
+
+
+def _predict_summary(tally, batch: int, provider: str) -> None:
+    rate = tally.images / tally.seconds if tally.seconds else 0.0
+    line = f"{tally.images} images in {tally.seconds:.1f} s ({rate:,.0f} img/s, batch {batch}, {provider})"
+    if tally.top1 is not None:
+        line += f"; top-1 {tally.top1:.2%} on {tally.labelled} images labelled by their folder"
+    err.print(line, highlight=False)
+    for f in tally.failures[:20]:
+        err.print(f"[red]skipped[/] {f.path}: {f.reason}", highlight=False)
+    if tally.failed > 20:
+        err.print(f"... and {tally.failed - 20} more unreadable images", highlight=False)
 
 
 @data_app.command("get")

@@ -11,12 +11,12 @@ This module does not import torch: the ONNX runtime path (`vitdeploy bench --dat
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +25,11 @@ import numpy as np
 from PIL import Image
 
 from vitdeploy.errors import UserError
+from vitdeploy.imaging import IMAGE_SUFFIXES, ImageError, decode
 from vitdeploy.progress import progress_bar
 from vitdeploy.recipe import DataSpec, Preprocess
 from vitdeploy.storage import atomic_path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
@@ -78,42 +78,39 @@ def source_fingerprint(source: Path) -> str:
     return h.hexdigest()
 
 
+def _safe_member(source: Path, name: str) -> str:
+    """An archive member's name, refused if it would land outside an extraction folder."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise UserError(f"{source}: member {name!r} points outside the archive's folder; refused")
+    return name
+
+
 def _iter_members(source: Path) -> Iterator[tuple[str, bytes]]:
     """Yield (relative path, file bytes) of every image in a folder or archive."""
-    if source.is_dir():
-        for p in sorted(source.rglob("*")):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                yield p.relative_to(source).as_posix(), p.read_bytes()
-    elif zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            for name in sorted(zf.namelist()):
-                if name.lower().endswith(IMAGE_SUFFIXES):
-                    yield name, zf.read(name)
-    elif tarfile.is_tarfile(source):
-        with tarfile.open(source) as tf:
-            for m in tf:
-                if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES):
-                    f = tf.extractfile(m)
-                    if f is not None:
-                        yield m.name, f.read()
-    else:
-        raise UserError(f"{source}: not a folder, .zip or .tar(.gz) archive")
-
-
-def _decode(data: bytes, size: int | None) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            im = _resize_center_crop(im, size)
-        return np.asarray(im, dtype=np.uint8)
-
-
-def _resize_center_crop(im: Image.Image, size: int) -> Image.Image:
-    scale = size / min(im.size)
-    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-    im = im.resize((w, h), Image.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    try:
+        if source.is_dir():
+            for p in sorted(source.rglob("*")):
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                    yield p.relative_to(source).as_posix(), p.read_bytes()
+        elif zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as zf:
+                for name in sorted(zf.namelist()):
+                    if _safe_member(source, name).lower().endswith(IMAGE_SUFFIXES):
+                        yield name, zf.read(name)
+        elif tarfile.is_tarfile(source):
+            with tarfile.open(source) as tf:
+                for m in tf:
+                    if _safe_member(source, m.name) and m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES):
+                        f = tf.extractfile(m)
+                        if f is not None:
+                            yield m.name, f.read()
+        else:
+            raise UserError(f"{source}: not a folder, .zip or .tar(.gz) archive")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise UserError(f"{source}: truncated or corrupt archive ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise UserError(f"{source}: could not be read ({err})") from None
 
 
 def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int | None = None) -> dict[str, ImageSet]:
@@ -138,6 +135,11 @@ def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int |
             "<root>/<split>/<class>/<image> (e.g. train/cat/0001.jpg)"
         )
     classes = tuple(sorted({c for items in raw.values() for c, _ in items}))
+    for split, items in raw.items():
+        absent = sorted(set(classes) - {c for c, _ in items})
+        if absent:
+            names = ", ".join(absent[:5])
+            raise UserError(f"{source}: split '{split}' has no images of class(es) {names}; every class needs images")
     index = {c: i for i, c in enumerate(classes)}
     total = sum(len(v) for v in raw.values())
     out: dict[str, ImageSet] = {}
@@ -147,9 +149,9 @@ def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int |
             images = []
             for member, (_, data) in zip(names[split], items, strict=True):
                 try:
-                    images.append(_decode(data, size))
-                except (OSError, ValueError, Image.DecompressionBombError) as err:
-                    raise UserError(f"{source}: {member}: not a readable image ({err})") from None
+                    images.append(decode(data, size))
+                except ImageError as err:
+                    raise UserError(f"{source}: {member}: {err}") from None
                 bar.advance(task)
             shapes = {im.shape for im in images}
             if len(shapes) > 1:

@@ -84,3 +84,53 @@ def read_preprocess(model: onnx.ModelProto):
         return Preprocess(), None
     d = json.loads(meta[PREPROCESS_KEY])
     return Preprocess(mean=d["mean"], std=d["std"], interpolation=d["interpolation"]), d.get("img_size")
+
+
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """The `location` of every tensor stored outside the .onnx file."""
+    locations = []
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            entry = {e.key: e.value for e in tensor.external_data}
+            locations.append(entry.get("location", ""))
+    return locations
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Initializers and tensor attributes of a graph and every subgraph."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [attr.g] if attr.HasField("g") else []:
+                yield from _all_tensors(sub)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def load_checked(path) -> onnx.ModelProto:
+    """An ONNX file read without trusting it: corrupt files and external data that would be read
+    from outside the model's folder are refused with a UserError naming the file."""
+    from pathlib import Path
+
+    from vitdeploy.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise UserError(f"{path}: not a readable ONNX model; truncated or corrupt ({type(err).__name__})") from None
+    if not model.graph.node or not model.graph.input:
+        raise UserError(f"{path}: not a readable ONNX model (no graph)")
+    folder = path.resolve().parent
+    for location in external_data_files(model):
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise UserError(f"{path}: external data {location!r} lies outside the model's folder; refused")
+        if not target.is_file():
+            raise UserError(f"{path}: external data file {location!r} is missing")
+    return model

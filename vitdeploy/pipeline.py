@@ -84,7 +84,7 @@ def stage_key(recipe: Recipe, upto: int) -> str:
     return stage_keys(recipe)[upto]
 
 
-def run_stages(recipe: Recipe, device: torch.device) -> tuple[nn.Module, list[dict]]:
+def run_stages(recipe: Recipe, device: torch.device, checkpoint_every_s: float = 300.0) -> tuple[nn.Module, list[dict]]:
     """Apply the recipe's stages in order, reusing a stage's saved output when it is current.
 
     Each stage's output is saved with its architecture, so a cached pruned, distilled or
@@ -103,7 +103,9 @@ def run_stages(recipe: Recipe, device: torch.device) -> tuple[nn.Module, list[di
             model, report = load_model(weights), json.loads(report_file.read_text())
         else:
             console.rule(f"stage {i}: {cfg.stage}")
-            ctx = StageContext(recipe=recipe, device=device, work_dir=folder, index=i, _splits=splits)
+            ctx = StageContext(
+                recipe=recipe, device=device, work_dir=folder, index=i, checkpoint_every_s=checkpoint_every_s, _splits=splits
+            )
             model = get_stage(cfg.stage)(model, ctx, cfg)
             report = ctx.report
             save_weights(model, weights)
@@ -153,16 +155,41 @@ def file_record(path: Path) -> dict:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def build(recipe: Recipe, recipe_path: Path, device: torch.device) -> dict:
-    """Build the recipe's artifacts; returns the manifest (also written beside them)."""
+def clean(recipe: Recipe) -> int:
+    """Remove the recipe's cache (stage outputs, training checkpoints, work files); bytes freed."""
+    work = work_dir(recipe)
+    freed = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.is_dir() else 0
+    shutil.rmtree(work, ignore_errors=True)
+    remove_stale_temporaries(recipe)
+    return freed
+
+
+def remove_stale_temporaries(recipe: Recipe) -> None:
+    """Temporary files a killed build left behind (a clean exit removes its own)."""
+    out, name = recipe.output.dir, recipe.artifact_name
+    for tmp in [*out.glob(f".{name}.*.tmp"), *work_dir(recipe).rglob(".*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def build(
+    recipe: Recipe, recipe_path: Path, device: torch.device, *, fresh: bool = False, checkpoint_every_s: float = 300.0
+) -> dict:
+    """Build the recipe's artifacts; returns the manifest (also written beside them).
+
+    Rerunning an interrupted build continues from what it saved: finished stages, and the
+    training state of the stage it was in. `fresh` drops all of that first.
+    """
     started = time.perf_counter()
     timer = Timer()
+    if fresh:
+        clean(recipe)
+    remove_stale_temporaries(recipe)
     work = work_dir(recipe)
     work.mkdir(parents=True, exist_ok=True)
     pre = recipe.data.preprocess
 
     with timer.step("stages"):
-        model, stage_reports = run_stages(recipe, device)
+        model, stage_reports = run_stages(recipe, device, checkpoint_every_s)
     img_size = model.patch_embed.img_size[0]
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
@@ -326,9 +353,14 @@ def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]
 
 
 def publish(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None) -> dict[str, dict]:
-    """Rename the checked files into the output folder; returns their records."""
+    """Rename the checked files into the output folder; returns their records.
+
+    The old manifest goes first: until the new one is written, no manifest describes files
+    that are not its own (a build killed in between leaves files and no manifest).
+    """
     name, out = recipe.artifact_name, recipe.output.dir
     out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").unlink(missing_ok=True)
     files: dict[str, dict] = {}
     final = out / f"{name}.onnx"
     if int8 is not None:

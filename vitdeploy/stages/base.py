@@ -49,6 +49,7 @@ class StageContext:
     device: torch.device
     work_dir: Path
     index: int = 0
+    checkpoint_every_s: float = 300.0  # training state saved at least this often (and at every epoch end)
     report: dict[str, Any] = field(default_factory=dict)
     _splits: dict[str, ImageSet] = field(default_factory=dict)
 

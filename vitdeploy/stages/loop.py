@@ -3,7 +3,7 @@
 A stage supplies the loss: `loss_fn(model, x, y) -> (loss, logits)`; the loop does the rest:
 AdamW with warmup + cosine, augmentation on whole uint8 batches on the training device (a
 few tensor ops, no loader workers), a progress bar, a held-out score and a resumable
-checkpoint after every epoch.
+checkpoint after every epoch and every few minutes within one (the build's `--checkpoint-every`).
 
 Several processes: run `torchrun --nproc-per-node N -m vitdeploy.cli build RECIPE`. The
 loop then wraps the model in PyTorch's DistributedDataParallel (gloo on CPU, NCCL on GPU).
@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -136,6 +137,73 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@dataclass
+class Progress:
+    """Where training stands; saved with the weights so a killed build resumes mid-epoch.
+
+    `order` is the current epoch's batch order and `step` the next batch in it; the sums
+    are the epoch's running loss and accuracy. With the optimizer, scheduler and both
+    random generators restored, a resumed run takes exactly the steps an uninterrupted one
+    would.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    order: torch.Tensor | None = None
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    epoch_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def info(self, world: int) -> str:
+        rate = self.seen * world / max(1e-9, self.epoch_seconds)
+        return f"loss {self.loss_sum / self.seen:.3f}  acc {self.correct / self.seen:.1%}  {rate:.0f} img/s"
+
+
+class Checkpointer:
+    """Writes the training state atomically at epoch ends and at most every `every_s` seconds between."""
+
+    def __init__(self, ctx: StageContext, cfg: TrainingConfig, rank: int) -> None:
+        self.path = ctx.work_dir / "last.pt"
+        self.config = cfg.model_dump_json()
+        self.every_s = ctx.checkpoint_every_s
+        self.rank = rank
+        self.last = time.perf_counter()
+
+    def restore(self, model, optimizer, scheduler, augment: BatchAugment, device: torch.device) -> Progress | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a checkpoint from an older layout, or unreadable: start over
+            return None
+        if state.get("config") != self.config or "progress" not in state:
+            return None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        augment.gen.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        p = json.loads(state["progress"])
+        return Progress(order=state.get("order"), history=p.pop("history"), **p)
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last >= self.every_s
+
+    def save(self, model, optimizer, scheduler, augment: BatchAugment, progress: Progress) -> None:
+        self.last = time.perf_counter()
+        if self.rank != 0:
+            return
+        fields = {k: v for k, v in vars(progress).items() if k != "order"}
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "augment_rng": augment.gen.get_state(), "torch_rng": torch.get_rng_state(), "config": self.config,
+            "progress": json.dumps(fields), **({"order": progress.order} if progress.order is not None else {}),
+        }  # fmt: skip
+        _save_checkpoint(self.path, state, progress.history)
+
+
 def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: LossFn, name: str) -> dict[str, Any]:
     """Train `model` in place with `loss_fn`; returns the stage report (per-epoch history).
 
@@ -157,20 +225,11 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
     floor = cfg.min_lr / cfg.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, floor))
     augment = BatchAugment(cfg, pre, device)
-
-    ckpt_path = ctx.work_dir / "last.pt"
-    config_json = cfg.model_dump_json()
-    start_epoch, history = 0, []
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state.get("config") == config_json:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            augment.gen.set_state(state["augment_rng"])
-            start_epoch, history = state["epoch"], json.loads(state["history"])
-            if rank == 0:
-                console.print(f"[cyan]resuming {name} from epoch {start_epoch} ({ckpt_path})")
+    checkpoints = Checkpointer(ctx, cfg, rank)
+    progress = checkpoints.restore(model, optimizer, scheduler, augment, device)
+    if progress is not None and rank == 0:
+        console.print(f"[cyan]resuming {name} at epoch {progress.epoch + 1}, step {progress.step} ({checkpoints.path})")
+    progress = progress or Progress()
 
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -183,14 +242,24 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
 
     started = time.perf_counter()
     with progress_bar() as bar:
-        for epoch in range(start_epoch, cfg.epochs):
+        while progress.epoch < cfg.epochs:
+            epoch = progress.epoch
             model.train()
             task = bar.add_task(f"{name} epoch {epoch + 1}/{cfg.epochs}", total=len(train_set))
-            order = torch.randperm(len(train_set), generator=augment.gen).to(images.device)
-            seen, t0 = 0, time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            for step, start in enumerate(range(0, len(train_set), cfg.batch_size)):
+            if progress.order is None:
+                progress.order = torch.randperm(len(train_set), generator=augment.gen)
+            order = progress.order.to(images.device)
+            t0 = time.perf_counter() - progress.epoch_seconds
+            # Sums stay on the device between checkpoints: reading them every step would stall a GPU.
+            loss_sum = torch.tensor(progress.loss_sum, device=device, dtype=torch.float64)
+            correct = torch.tensor(progress.correct, device=device)
+
+            def sync(loss_sum=loss_sum, correct=correct, t0=t0) -> None:
+                progress.loss_sum, progress.correct = float(loss_sum), int(correct)
+                progress.epoch_seconds = time.perf_counter() - t0
+
+            starts = range(progress.step * cfg.batch_size, len(train_set), cfg.batch_size)
+            for step, start in enumerate(starts, start=progress.step):
                 batch = order[start : start + cfg.batch_size]
                 part = batch.tensor_split(world)[rank]
                 lo = sum(len(p) for p in batch.tensor_split(world)[:rank])
@@ -206,37 +275,27 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                # Sums stay on the device: reading them every step would stall a GPU.
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
+                progress.seen += len(y)
+                progress.step = step + 1
                 if step % 20 == 0:
-                    rate = seen * world / (time.perf_counter() - t0)
-                    info = f"loss {loss_sum.item() / seen:.3f}  acc {correct.item() / seen:.1%}  {rate:.0f} img/s"
-                    bar.update(task, completed=min(len(train_set), seen * world), info=info)
+                    sync()
+                    bar.update(task, completed=min(len(train_set), progress.seen * world), info=progress.info(world))
+                if checkpoints.due() and progress.step < steps_per_epoch:
+                    sync()
+                    checkpoints.save(model, optimizer, scheduler, augment, progress)
+            sync()
             bar.update(task, completed=len(train_set))
-            acc = torch_accuracy(model, held_out, pre, device, batch_size=256, label=None)
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum.item() / seen,
-                "train_acc": correct.item() / seen,
-                "eval_acc": acc,
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-            history.append(record)
+            record = finish_epoch(model, held_out, pre, device, scheduler, progress, progress.epoch_seconds)
             if rank == 0:
                 console.print(
                     f"{name} epoch {epoch + 1}: loss {record['train_loss']:.3f}, train {record['train_acc']:.1%}, "
-                    f"held-out {acc:.2%} on {len(held_out)} images, {record['seconds']:.0f} s"
+                    f"held-out {record['eval_acc']:.2%} on {len(held_out)} images, {record['seconds']:.0f} s"
                 )
-                state = {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "augment_rng": augment.gen.get_state(), "epoch": epoch + 1, "history": json.dumps(history),
-                    "config": config_json,
-                }  # fmt: skip
-                _save_checkpoint(ckpt_path, state, history)
+            checkpoints.save(model, optimizer, scheduler, augment, progress)
     model.eval()
+    history = progress.history
     return {
         "epochs": history,
         "train_images": len(train_set),
@@ -246,6 +305,22 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
         "seconds": round(time.perf_counter() - started, 2),
         "seconds_all_epochs": round(sum(r["seconds"] for r in history), 2),
     }
+
+
+def finish_epoch(model, held_out, pre, device, scheduler, progress: Progress, seconds: float) -> dict[str, Any]:
+    """Score the epoch, append it to the history and move `progress` to the next epoch."""
+    record = {
+        "epoch": progress.epoch + 1,
+        "train_loss": progress.loss_sum / progress.seen,
+        "train_acc": progress.correct / progress.seen,
+        "eval_acc": torch_accuracy(model, held_out, pre, device, batch_size=256, label=None),
+        "lr": scheduler.get_last_lr()[0],
+        "seconds": round(seconds, 2),
+    }
+    progress.history.append(record)
+    progress.epoch, progress.step, progress.order = progress.epoch + 1, 0, None
+    progress.loss_sum, progress.correct, progress.seen, progress.epoch_seconds = 0.0, 0, 0, 0.0
+    return record
 
 
 def _save_checkpoint(path, state: dict[str, Any], history: list[dict[str, Any]]) -> None:

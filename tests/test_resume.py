@@ -1,0 +1,155 @@
+"""Interrupted builds: real signals sent to real build processes at random points.
+
+Every interrupted build must leave its cache and output folder consistent, and rerunning it
+must end with exactly the files an uninterrupted build writes (the build is deterministic
+on CPU, so the ONNX files and weights are compared byte for byte).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+
+from vitdeploy.storage import sha256_file
+
+from .conftest import TINY_OVERRIDES
+
+RECIPE = {
+    "name": "resumable",
+    "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES},
+    "stages": [
+        {
+            "stage": "finetune",
+            "epochs": 2,
+            "batch_size": 64,
+            "train_samples": 1536,
+            "eval_samples": 100,
+            "warmup_epochs": 0.5,
+            "num_threads": 1,
+        },
+    ],
+    "export": {"parity_samples": 64},
+    "quantize": {"mode": "static", "calibration": {"samples": 64}},
+    "evaluate": {"samples": 300},
+    "output": {"dir": "out"},
+}
+OUTPUTS = ("resumable.onnx", "resumable.fp32.onnx", "resumable.safetensors")
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+KILLS = 20
+
+
+def start_build(folder: Path, *extra: str) -> subprocess.Popen:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    cmd = [sys.executable, "-m", "vitdeploy.cli", "build", "recipe.yaml", "--device", "cpu", "--checkpoint-every", "0", *extra]
+    env = os.environ | {"COLUMNS": "100"}
+    return subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_stages(proc: subprocess.Popen) -> tuple[threading.Event, list[str]]:
+    """An event set once the build starts its stages (imports done), and its stderr lines."""
+    started, lines = threading.Event(), []
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "stages" in line:
+                started.set()
+        started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return started, lines
+
+
+def finish(folder: Path) -> dict:
+    proc = start_build(folder)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    return {name: sha256_file(folder / "out" / name) for name in OUTPUTS}
+
+
+def assert_consistent(folder: Path, clean_exit: bool) -> None:
+    out = folder / "out"
+    if not out.exists():
+        return
+    manifest = out / "resumable.json"
+    if manifest.exists():
+        records = json.loads(manifest.read_text())["artifacts"]
+        for record in records.values():
+            assert sha256_file(out / record["file"]) == record["sha256"], f"manifest does not describe {record['file']}"
+    for stage in (out / ".work" / "resumable").glob("*-*-*"):
+        if (stage / "report.json").exists():
+            json.loads((stage / "report.json").read_text())
+            with safe_open(str(stage / "model.safetensors"), "pt") as f:
+                assert f.keys()
+        if (stage / "last.pt").exists():
+            assert "progress" in torch.load(stage / "last.pt", weights_only=True)
+    if clean_exit:  # Ctrl-C and SIGTERM unwind: no temporary file stays behind
+        assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_builds_killed_at_random_points_resume_to_identical_outputs(cifar10: Path, tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    proc = start_build(tmp_path / "reference")
+    started, _ = wait_for_stages(proc)
+    started.wait(300)
+    t_stages = time.perf_counter()
+    proc.wait(300)
+    assert proc.returncode == 0
+    span = time.perf_counter() - t_stages  # from the stages to the manifest
+    reference = {name: sha256_file(tmp_path / "reference" / "out" / name) for name in OUTPUTS}
+    assert time.perf_counter() - t0 < 120
+
+    rng = random.Random(0)
+    delays = [rng.uniform(0.0, 0.95 * span) for _ in range(KILLS)]
+
+    def trial(i: int) -> tuple[int, str, bool]:
+        folder = tmp_path / f"trial{i}"
+        sig = SIGNALS[i % len(SIGNALS)]
+        proc = start_build(folder)
+        started, lines = wait_for_stages(proc)
+        started.wait(300)
+        time.sleep(delays[i])
+        killed = proc.poll() is None
+        proc.send_signal(sig)
+        proc.wait(120)
+        if killed and sig != signal.SIGKILL:
+            assert proc.returncode in (130, -sig), "".join(lines)[-2000:]
+            assert "Traceback" not in "".join(lines)
+        assert_consistent(folder, clean_exit=sig != signal.SIGKILL)
+        assert finish(folder) == reference, f"trial {i}: resumed build differs"
+        return i, sig.name, killed
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(trial, range(KILLS)))
+    assert sum(killed for _, _, killed in results) >= KILLS - 2, results
+
+
+def test_fresh_ignores_the_cache_and_clean_removes_it(cifar10: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "b"
+    first = finish(folder)
+    proc = start_build(folder, "--fresh")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "reusing" not in stderr
+    assert {name: sha256_file(folder / "out" / name) for name in OUTPUTS} == first
+    proc = start_build(folder)
+    _, stderr = proc.communicate(timeout=300)
+    assert "reusing" in stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "vitdeploy.cli", "clean", "recipe.yaml"], cwd=folder, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "removed" in done.stdout
+    assert not (folder / "out" / ".work" / "resumable").exists()
+    assert (folder / "out" / "resumable.onnx").exists()  # artifacts stay
