@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -46,6 +47,18 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted; no partial artifact was written (a rerun continues where this stopped)")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:  # a library's error: one line, the traceback only on request
+            if os.environ.get("VITDEPLOY_DEBUG"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err.print(
+                f"[bold red]error:[/] {type(e).__name__}: {first} (VITDEPLOY_DEBUG=1 shows the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(3) from None
 
     return wrapper
 
@@ -76,6 +89,10 @@ def _validate(recipe_path: Path):
 
     try:
         validate_model_name(recipe.model.name)
+        if recipe.quantize.mode != "none":
+            from vitdeploy.quantize import check_op_types
+
+            check_op_types(recipe.quantize.op_types, recipe.quantize.mode)
     except UserError as e:
         raise RecipeError(str(recipe_path), [str(e)]) from None
     return recipe
@@ -223,6 +240,10 @@ def bench(
     paths = _expand(models)
     if not paths:
         raise UserError(f"no model matches {' '.join(models)}")
+    from vitdeploy.graph import load_checked
+
+    for path in paths:
+        load_checked(path)
     cfg = B.BenchConfig(
         providers=tuple(p.strip() for p in provider.split(",")), batches=batches, threads=thread_list,
         warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, rounds=rounds,
@@ -343,7 +364,9 @@ def package(
 ) -> None:
     """Write an edge bundle: model, preprocess.json, labels.txt, bundle.json with checksums and figures."""
     from vitdeploy import bundle as B
+    from vitdeploy.graph import load_checked
 
+    load_checked(model)
     B.build_manifest_for(model)  # before any benchmarking: refuse what is not a build output
     target = out_path or model.with_name(model.name.removesuffix(".onnx") + ".bundle")
     figures, env = _bundle_benchmarks(model, bench, batch, threads, duration)
@@ -358,10 +381,8 @@ def _bundle_benchmarks(model: Path, providers: str, batch: str, threads: int | N
     if providers == "none":
         return [], None
     from vitdeploy import bench as B
-    from vitdeploy.graph import load_checked
     from vitdeploy.progress import progress_bar
 
-    load_checked(model)
     try:
         batches = tuple(int(b) for b in batch.split(","))
     except ValueError:
@@ -394,6 +415,7 @@ def predict(
 
     from vitdeploy import bundle as B
     from vitdeploy import predict as P
+    from vitdeploy.imaging import IMAGE_SUFFIXES
     from vitdeploy.progress import progress_bar
     from vitdeploy.results import result_writer
 
@@ -408,6 +430,8 @@ def predict(
             task = bar.add_task("predicting", total=None)
             for item in P.predict(opened, images, run, batch, top_k, on_batch=lambda n: bar.advance(task, n), tally=tally):
                 write(item)
+            if tally.images + tally.failed == 0:  # raised inside: no empty results file is left
+                raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(map(str, images))}")
     _predict_summary(tally, batch, provider)
     if tally.failed:
         raise typer.Exit(1)

@@ -15,8 +15,11 @@ class RecipeError(UserError):
     def __init__(self, path: str, problems: list[str]) -> None:
         self.path = path
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid recipe {path}:\n{lines}")
+        if len(problems) == 1:
+            super().__init__(f"invalid recipe {path}: {problems[0]}")
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            super().__init__(f"invalid recipe {path}:\n{lines}")
 
 
 class BuildError(Exception):

@@ -70,7 +70,7 @@ def decode(data: bytes | Path, size: int | None = None, interpolation: str = "bi
         raise
     except UnidentifiedImageError:
         raise ImageError("not an image pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"decompression bomb refused ({err})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageError(f"truncated or corrupt image ({err})") from None

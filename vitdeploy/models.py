@@ -235,13 +235,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises SafetensorError for truncated or corrupt files
+            raise UserError(f"{path}: not a readable safetensors file; truncated or corrupt ({err})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        named = [line.strip() for line in str(err).splitlines() if line.strip().startswith("Unsupported")]
+        why = f" ({named[0].rstrip(':')})" if named else ""
         raise UserError(
-            f"{path}: refused to load: the file is not a plain tensor checkpoint "
-            f"(weights_only=True rejected it: {str(err).splitlines()[0]}). Convert it to safetensors."
+            f"{path}: refused to load: not a plain tensor checkpoint{why}; pickled objects can run code. "
+            "Convert it to safetensors."
         ) from None
     except Exception as err:  # torch raises RuntimeError for files that are not checkpoints
         raise UserError(f"{path}: not a readable torch checkpoint ({err})") from None

@@ -184,8 +184,7 @@ def build(
     if fresh:
         clean(recipe)
     remove_stale_temporaries(recipe)
-    work = work_dir(recipe)
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(recipe)  # created by the first file written there: bad input leaves nothing behind
     pre = recipe.data.preprocess
 
     with timer.step("stages"):

@@ -324,6 +324,18 @@ class QuantizeSpec(Section):
     calibration: CalibrationSpec = CalibrationSpec()
     max_accuracy_drop: float | None = Field(None, ge=0, description="fail the build if INT8 top-1 drops more (points) than this")
 
+    @model_validator(mode="after")
+    def _fields_apply_to_mode(self) -> QuantizeSpec:
+        # A field that the mode ignores would look like it did something (defaults change nothing).
+        defaults = QuantizeSpec.model_construct(mode=self.mode)
+        given = {f for f in self.model_fields_set - {"mode"} if getattr(self, f) != getattr(defaults, f)}
+        if self.mode == "none" and given:
+            raise ValueError(f"mode is none, so {', '.join(sorted(given))} would be ignored; set a mode or drop them")
+        static_only = given & {"format", "calibration", "activation_type", "quantize_outputs"}
+        if self.mode == "dynamic" and static_only:
+            raise ValueError(f"{', '.join(sorted(static_only))} apply to static quantization only (mode is dynamic)")
+        return self
+
 
 class EvaluateSpec(Section):
     samples: int | None = Field(None, gt=0, description="evaluation images; default: the split")
@@ -463,17 +475,90 @@ def parse_recipe(data: Any, path: str | Path = "<recipe>", base: Path | None = N
     return _resolve_paths(recipe, base or Path.cwd())
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML's safe subset, stricter still: no duplicate keys (the later one would silently
+    win) and at most `MAX_ALIASES` alias uses (an alias bomb expands exponentially)."""
+
+    MAX_ALIASES = 50
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > self.MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"more than {self.MAX_ALIASES} aliases (*name)", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar", key_node.start_mark)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: what is wrong and where."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if "could not determine a constructor" in problem or "python/" in problem:
+        problem = f"tag not allowed: {problem.split('tag')[-1].strip(chr(39) + ' ')}; recipes are plain YAML data"
+    return f"(yaml): {problem}{where}"
+
+
+MAX_RECIPE_BYTES = 1_000_000
+
+
+def read_recipe_data(path: Path) -> Any:
+    try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(str(path), [f"(file): larger than {MAX_RECIPE_BYTES:,} bytes; not a recipe"])
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), ["(file): not UTF-8 text"]) from None
+    except OSError as err:
+        raise RecipeError(str(path), [f"(file): cannot be read ({err.strerror})"]) from None
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    except yaml.YAMLError as err:
+        raise RecipeError(str(path), [yaml_problem(err)]) from None
+    except RecursionError:
+        raise RecipeError(str(path), ["(yaml): nested too deeply"]) from None
+
+
+def output_roots(path: Path) -> list[Path]:
+    """Where a recipe file may write: below its folder's parent (the project holding recipes/
+    and artifacts/) or below the working directory."""
+    return [path.resolve().parent.parent, Path.cwd().resolve()]
+
+
+def check_output_paths(recipe: Recipe, path: Path) -> list[str]:
+    roots = output_roots(path)
+    problems = []
+    for field, target in (("output.dir", recipe.output.dir), ("data.cache_dir", recipe.data.cache_dir)):
+        if target is not None and not any(Path(target).resolve().is_relative_to(r) for r in roots):
+            allowed = " or ".join(str(r) for r in roots)
+            problems.append(f"{field}: {target} lies outside where this recipe may write ({allowed} and below)")
+    return problems
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read, validate and resolve a recipe; every user error becomes a RecipeError."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(str(path), ["(file): no such recipe file"])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise RecipeError(str(path), [f"(yaml): {err}"]) from None
+    data = read_recipe_data(path)
     recipe = parse_recipe(data, path, base=path.parent.resolve())
-    missing = []
+    missing = check_output_paths(recipe, path)
     if recipe.model.checkpoint and not recipe.model.checkpoint.is_file():
         missing.append(f"model.checkpoint: file not found: {recipe.model.checkpoint}")
     for i, stage in enumerate(recipe.stages):
