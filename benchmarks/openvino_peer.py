@@ -32,7 +32,10 @@ from vitdeploy.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ART = ROOT / "artifacts"
-RECIPES = ("vit_fp32", "vit_dynamic_int8", "vit_static_int8", "vit_fp32_portable", "vit_static_int8_portable")
+RECIPES = (
+    "vit_fp32", "vit_dynamic_int8", "vit_static_int8", "vit_fp32_portable", "vit_static_int8_portable",
+    "vit_prune_r0.1_int8_portable",
+)  # fmt: skip
 
 
 def ensure_built(name: str) -> Path:
@@ -73,6 +76,8 @@ def rows(peer: Path) -> list[tuple[str, Path, str]]:
         ("OpenVINO FP32 (vit_fp32_portable)", ART / "vit_fp32_portable.onnx", "openvino"),
         ("OpenVINO, vitdeploy static INT8 (vit_static_int8)", ART / "vit_static_int8.onnx", "openvino"),
         ("OpenVINO, vitdeploy portable static INT8", ART / "vit_static_int8_portable.onnx", "openvino"),
+        ("ONNX Runtime, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "cpu"),
+        ("OpenVINO, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "openvino"),
         ("NNCF PTQ (transformer preset) -> OpenVINO", peer, "openvino"),
     ]
 
@@ -101,19 +106,21 @@ def main() -> None:
     top1 = {label: accuracy(path, "openvino" if runtime == "openvino" else "onnxruntime", test) for label, path, runtime in table}
     by_cell = {(r.model, r.provider, r.batch): r for r in results}
     report = {"environment": B.environment(replace(cfg, providers=("cpu", "openvino"))), "nncf_seconds": nncf_seconds, "rows": []}
-    header = "| path | top-1 | " + " | ".join(f"batch {b} img/s | batch {b} vs ORT FP32" for b in batches) + " |"
-    lines = [header, "|" + "---|" * (2 + 2 * len(batches))]
+    header = "| path | top-1 | " + " | ".join(f"batch {b} img/s | vs ORT FP32 | vs NNCF" for b in batches) + " |"
+    lines = [header, "|" + "---|" * (2 + 3 * len(batches))]
     for label, path, runtime in table:
         row = {"path": label, "model": path.name, "runtime": runtime, "top1": top1[label], "batches": {}}
         cells_md = []
         for b in batches:
             r, base = by_cell.get((path.name, runtime, b)), by_cell[(table[0][1].name, "cpu", b)]
+            nncf = by_cell.get((peer.name, "openvino", b))
             if r is None or r.error:
-                cells_md += ["failed", r.error if r else "missing"]
+                cells_md += ["failed", r.error if r else "missing", ""]
                 continue
             speed = B.paired_speedup(r, base) or r.throughput / base.throughput
-            row["batches"][b] = {"throughput": r.throughput, "vs_ort_fp32": speed, "spread": r.round_spread}
-            cells_md += [f"{r.throughput:,.0f}", f"{speed:.2f}x"]
+            vs_peer = (B.paired_speedup(r, nncf) or r.throughput / nncf.throughput) if nncf and not nncf.error else None
+            row["batches"][b] = {"throughput": r.throughput, "vs_ort_fp32": speed, "vs_nncf": vs_peer, "spread": r.round_spread}
+            cells_md += [f"{r.throughput:,.0f}", f"{speed:.2f}x", f"{vs_peer:.2f}x" if vs_peer else ""]
         report["rows"].append(row)
         lines.append(f"| {label} | {top1[label]:.2%} | " + " | ".join(cells_md) + " |")
     isa = report["environment"]["cpu_isa"]

@@ -117,3 +117,14 @@ def test_failures_are_reported_in_order_with_the_rest(built: Path, tmp_path: Pat
     (tmp_path / "in" / "b.png").write_bytes(b"nope")
     out = list(predict(b, [tmp_path / "in"], runner(b, "cpu", 1), batch=1))
     assert [type(o) for o in out] == [Prediction, Failure]
+
+
+def test_predict_on_openvino_agrees_with_onnx_runtime(built: Path) -> None:
+    pytest.importorskip("openvino")
+    b = open_bundle(package(built / "out" / "edge.onnx", built / "ov.bundle"))
+    tallies = {}
+    for provider in ("cpu", "openvino"):
+        tallies[provider] = Tally()
+        list(predict(b, [built / "images"], runner(b, provider, 2), batch=16, tally=tallies[provider]))
+    assert tallies["openvino"].images == SAMPLES
+    assert abs(tallies["openvino"].correct - tallies["cpu"].correct) <= 2

@@ -107,3 +107,12 @@ def test_two_gloo_processes_train_like_one(cifar10: Path, tmp_path: Path) -> Non
     diff = max((results[1][k] - results[2][k]).abs().max().item() for k in results[1])
     assert moved > 1e-3  # training changed the weights ...
     assert diff < 1e-4  # ... and two processes changed them as one did
+
+
+def test_options_added_later_change_the_key_only_when_set(cifar10: Path, tmp_path: Path) -> None:
+    prune = {"stage": "prune", "ratio": 0.2}
+    plain = parse_recipe(recipe_dict(tmp_path, [prune]))
+    assert "remove_blocks" not in plain.stages[0].cache_json()
+    at_default = parse_recipe(recipe_dict(tmp_path, [prune | {"remove_blocks": 0}]))
+    assert stage_key(at_default, 0) == stage_key(plain, 0)
+    assert stage_key(parse_recipe(recipe_dict(tmp_path, [prune | {"remove_blocks": 1}])), 0) != stage_key(plain, 0)

@@ -18,6 +18,7 @@ a device needs onnxruntime, numpy and pillow.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import os
@@ -245,11 +246,18 @@ def publish_bundle(staging: Path, out: Path, archive: bool) -> None:
 
 
 def open_bundle(path: Path, scratch: Path | None = None) -> Bundle:
-    """Verify and open a bundle folder or .tar.gz (extracted into `scratch`, a temporary folder)."""
+    """Verify and open a bundle folder or .tar.gz.
+
+    An archive is extracted into `scratch` (the caller removes it); without one, into a new
+    temporary folder removed when the process exits.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such bundle")
-    root = path if path.is_dir() else extract(path, scratch or Path(tempfile.mkdtemp(prefix="vitdeploy-bundle-")))
+    if not path.is_dir() and scratch is None:
+        scratch = Path(tempfile.mkdtemp(prefix="vitdeploy-bundle-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    root = path if path.is_dir() else extract(path, scratch)
     manifest = read_json(root / MANIFEST, path)
     verify(root, manifest, path)
     preprocess = read_json(root / "preprocess.json", path)

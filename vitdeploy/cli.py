@@ -372,7 +372,10 @@ def package(
     figures, env = _bundle_benchmarks(model, bench, batch, threads, duration)
     with err.status(f"packaging {model.name}"):
         B.package(model, target, ort_format=ort_format, benchmarks=figures, bench_environment=env)
-    verified = B.open_bundle(target)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vitdeploy-bundle-") as scratch:
+        verified = B.open_bundle(target, Path(scratch))
     files = ", ".join(verified.manifest["files"])
     out.print(f"[green]{target}[/]: {files} (checksums verified)", highlight=False)
 

@@ -72,7 +72,7 @@ def stage_keys(recipe: Recipe) -> list[str]:
         h.update(sha256_file(path).encode())
     keys = []
     for cfg in recipe.stages:
-        h.update(cfg.model_dump_json().encode())
+        h.update(cfg.cache_json().encode())
         for path in referenced_files(cfg):
             h.update(sha256_file(path).encode())
         keys.append(h.copy().hexdigest()[:12])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +27,14 @@ class Section(BaseModel):
 
     # A docstring under a field is its description (the generated recipe reference shows it).
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
+    # Options added after a section's cache keys were first in use: hashed only when they differ
+    # from their default, so adding an option leaves existing caches valid.
+    added_options: ClassVar[frozenset[str]] = frozenset()
+
+    def cache_json(self) -> str:
+        """The JSON a cache key hashes: every option, except added ones left at their default."""
+        defaults = {f for f in self.added_options if getattr(self, f) == type(self).model_fields[f].default}
+        return self.model_dump_json(exclude=defaults)
 
 
 # ---------------------------------------------------------------- model
@@ -178,6 +186,7 @@ class PruneConfig(Section):
     """Structured pruning: removes whole heads and MLP hidden units (optionally embedding channels and head width)."""
 
     stage: Literal["prune"] = "prune"
+    added_options: ClassVar[frozenset[str]] = frozenset({"remove_blocks", "head_dim_ratio"})
     ratio: float | None = Field(
         None, gt=0, lt=1, description="fraction of the model's parameters to remove, ranked globally over heads and MLP units"
     )

@@ -171,7 +171,7 @@ class Checkpointer:
         self.rank = rank
         self.last = time.perf_counter()
 
-    def restore(self, model, optimizer, scheduler, augment: BatchAugment, device: torch.device) -> Progress | None:
+    def restore(self, model, optimizer, scheduler, augment: BatchAugment) -> Progress | None:
         if not self.path.is_file():
             return None
         try:
@@ -204,6 +204,92 @@ class Checkpointer:
         _save_checkpoint(self.path, state, progress.history)
 
 
+@dataclass
+class Run:
+    """Everything one training run holds: model, optimisation state, data, processes."""
+
+    model: nn.Module
+    runner: nn.Module  # the model, or its DistributedDataParallel wrapper
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    augment: BatchAugment
+    checkpoints: Checkpointer
+    images: torch.Tensor  # uint8 NCHW, the whole training set
+    labels: torch.Tensor
+    device: torch.device
+    rank: int
+    world: int
+    cfg: TrainingConfig
+    amp_dtype: torch.dtype | None  # None: no autocast
+
+    def save(self, progress: Progress) -> None:
+        self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.augment, progress)
+
+    def epoch(self, progress: Progress, bar, task) -> None:
+        """Train the rest of the current epoch from `progress.step`, checkpointing when due."""
+        cfg, count = self.cfg, len(self.labels)
+        self.model.train()
+        if progress.order is None:
+            progress.order = torch.randperm(count, generator=self.augment.gen)
+        order = progress.order.to(self.images.device)
+        t0 = time.perf_counter() - progress.epoch_seconds
+        # Sums stay on the device between checkpoints: reading them every step would stall a GPU.
+        loss_sum = torch.tensor(progress.loss_sum, device=self.device, dtype=torch.float64)
+        correct = torch.tensor(progress.correct, device=self.device)
+
+        def sync() -> None:
+            progress.loss_sum, progress.correct = float(loss_sum), int(correct)
+            progress.epoch_seconds = time.perf_counter() - t0
+
+        starts = range(progress.step * cfg.batch_size, count, cfg.batch_size)
+        for step, start in enumerate(starts, start=progress.step):
+            batch = order[start : start + cfg.batch_size]
+            parts = batch.tensor_split(self.world)
+            part, lo = parts[self.rank], sum(len(p) for p in parts[: self.rank])
+            x = self.augment(
+                self.images[part].to(self.device, non_blocking=True), rows=slice(lo, lo + len(part)), total=len(batch)
+            )
+            y = self.labels[part].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss, logits = self.loss_fn(self.runner, x, y, part)
+            optimize(self.model, loss, self.optimizer, self.scheduler, self.scaler, cfg.grad_clip)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            progress.seen, progress.step = progress.seen + len(y), step + 1
+            if step % 20 == 0:
+                sync()
+                bar.update(task, completed=min(count, progress.seen * self.world), info=progress.info(self.world))
+            if self.checkpoints.due() and progress.step < math.ceil(count / cfg.batch_size):  # not at the epoch end
+                sync()
+                self.save(progress)
+        sync()
+        bar.update(task, completed=count)
+
+
+def start_run(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: LossFn, train_set) -> Run:
+    rank, world, device = process_group(ctx.device)
+    model.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    floor = cfg.min_lr / cfg.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, floor))
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    images = torch.from_numpy(train_set.images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
+    labels = torch.from_numpy(train_set.labels)
+    if device.type == "cuda":  # the whole uint8 set fits on a GPU; no loader needed
+        images, labels = images.to(device), labels.to(device)
+    runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    return Run(
+        model, runner, loss_fn, optimizer, scheduler, torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
+        BatchAugment(cfg, ctx.recipe.data.preprocess, device), Checkpointer(ctx, cfg, rank), images, labels, device,
+        rank, world, cfg, amp_dtype,
+    )  # fmt: skip
+
+
 def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: LossFn, name: str) -> dict[str, Any]:
     """Train `model` in place with `loss_fn`; returns the stage report (per-epoch history).
 
@@ -212,102 +298,51 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
     """
     if cfg.num_threads and ctx.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
-    rank, world, device = process_group(ctx.device)
     torch.manual_seed(cfg.seed)
-    pre = ctx.recipe.data.preprocess
     train_set = ctx.split(ctx.recipe.data.train_split).subset(cfg.train_samples, seed=cfg.seed)
     held_out = ctx.split(ctx.recipe.data.eval_split).subset(cfg.eval_samples, seed=cfg.seed + 1)
-
-    model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
-    floor = cfg.min_lr / cfg.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, floor))
-    augment = BatchAugment(cfg, pre, device)
-    checkpoints = Checkpointer(ctx, cfg, rank)
-    progress = checkpoints.restore(model, optimizer, scheduler, augment, device)
-    if progress is not None and rank == 0:
-        console.print(f"[cyan]resuming {name} at epoch {progress.epoch + 1}, step {progress.step} ({checkpoints.path})")
+    run = start_run(model, ctx, cfg, loss_fn, train_set)
+    progress = run.checkpoints.restore(model, run.optimizer, run.scheduler, run.augment)
+    if progress is not None and run.rank == 0:
+        console.print(f"[cyan]resuming {name} at epoch {progress.epoch + 1}, step {progress.step} ({run.checkpoints.path})")
     progress = progress or Progress()
-
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
-    images = torch.from_numpy(train_set.images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
-    labels = torch.from_numpy(train_set.labels)
-    if device.type == "cuda":  # the whole uint8 set fits on a GPU; no loader needed
-        images, labels = images.to(device), labels.to(device)
-    runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-
     started = time.perf_counter()
     with progress_bar() as bar:
         while progress.epoch < cfg.epochs:
             epoch = progress.epoch
-            model.train()
-            task = bar.add_task(f"{name} epoch {epoch + 1}/{cfg.epochs}", total=len(train_set))
-            if progress.order is None:
-                progress.order = torch.randperm(len(train_set), generator=augment.gen)
-            order = progress.order.to(images.device)
-            t0 = time.perf_counter() - progress.epoch_seconds
-            # Sums stay on the device between checkpoints: reading them every step would stall a GPU.
-            loss_sum = torch.tensor(progress.loss_sum, device=device, dtype=torch.float64)
-            correct = torch.tensor(progress.correct, device=device)
-
-            def sync(loss_sum=loss_sum, correct=correct, t0=t0) -> None:
-                progress.loss_sum, progress.correct = float(loss_sum), int(correct)
-                progress.epoch_seconds = time.perf_counter() - t0
-
-            starts = range(progress.step * cfg.batch_size, len(train_set), cfg.batch_size)
-            for step, start in enumerate(starts, start=progress.step):
-                batch = order[start : start + cfg.batch_size]
-                part = batch.tensor_split(world)[rank]
-                lo = sum(len(p) for p in batch.tensor_split(world)[:rank])
-                x = augment(images[part].to(device, non_blocking=True), rows=slice(lo, lo + len(part)), total=len(batch))
-                y = labels[part].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, logits = loss_fn(runner, x, y, part)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                progress.seen += len(y)
-                progress.step = step + 1
-                if step % 20 == 0:
-                    sync()
-                    bar.update(task, completed=min(len(train_set), progress.seen * world), info=progress.info(world))
-                if checkpoints.due() and progress.step < steps_per_epoch:
-                    sync()
-                    checkpoints.save(model, optimizer, scheduler, augment, progress)
-            sync()
-            bar.update(task, completed=len(train_set))
-            record = finish_epoch(model, held_out, pre, device, scheduler, progress, progress.epoch_seconds)
-            if rank == 0:
+            run.epoch(progress, bar, bar.add_task(f"{name} epoch {epoch + 1}/{cfg.epochs}", total=len(train_set)))
+            record = finish_epoch(model, held_out, ctx.recipe.data.preprocess, run.device, run.scheduler, progress)
+            if run.rank == 0:
                 console.print(
                     f"{name} epoch {epoch + 1}: loss {record['train_loss']:.3f}, train {record['train_acc']:.1%}, "
                     f"held-out {record['eval_acc']:.2%} on {len(held_out)} images, {record['seconds']:.0f} s"
                 )
-            checkpoints.save(model, optimizer, scheduler, augment, progress)
+            run.save(progress)
     model.eval()
-    history = progress.history
     return {
-        "epochs": history,
+        "epochs": progress.history,
         "train_images": len(train_set),
         "held_out_images": len(held_out),
-        "device": str(device),
-        "processes": world,
+        "device": str(run.device),
+        "processes": run.world,
         "seconds": round(time.perf_counter() - started, 2),
-        "seconds_all_epochs": round(sum(r["seconds"] for r in history), 2),
+        "seconds_all_epochs": round(sum(r["seconds"] for r in progress.history), 2),
     }
 
 
-def finish_epoch(model, held_out, pre, device, scheduler, progress: Progress, seconds: float) -> dict[str, Any]:
+def optimize(model: nn.Module, loss: torch.Tensor, optimizer, scheduler, scaler, grad_clip: float | None) -> None:
+    """One optimizer step on `loss`: backward (scaled for fp16), optional clipping, LR schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
+def finish_epoch(model, held_out, pre, device, scheduler, progress: Progress) -> dict[str, Any]:
     """Score the epoch, append it to the history and move `progress` to the next epoch."""
     record = {
         "epoch": progress.epoch + 1,
@@ -315,7 +350,7 @@ def finish_epoch(model, held_out, pre, device, scheduler, progress: Progress, se
         "train_acc": progress.correct / progress.seen,
         "eval_acc": torch_accuracy(model, held_out, pre, device, batch_size=256, label=None),
         "lr": scheduler.get_last_lr()[0],
-        "seconds": round(seconds, 2),
+        "seconds": round(progress.epoch_seconds, 2),
     }
     progress.history.append(record)
     progress.epoch, progress.step, progress.order = progress.epoch + 1, 0, None
