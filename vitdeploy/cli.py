@@ -113,7 +113,7 @@ def check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(short_help="Build a recipe into ONNX artifacts and a manifest.")
 @user_errors
 def build(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
@@ -136,7 +136,7 @@ def build(
     out.print(summary_table(manifest))
 
 
-@app.command()
+@app.command(short_help="Remove recipes' caches (not their artifacts).")
 @user_errors
 def clean(recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files whose cache to remove")]) -> None:
     """Remove recipes' caches: saved stage outputs, training checkpoints, work files (not the artifacts)."""
@@ -198,7 +198,7 @@ def _expand(models: list[str]) -> list[Path]:
     return [p for p in dict.fromkeys(paths) if not p.name.startswith(".")]
 
 
-@app.command()
+@app.command(short_help="Time and size ONNX models (no PyTorch needed).")
 @user_errors
 def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files or globs")],
@@ -279,7 +279,7 @@ def bench(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Build, benchmark and tabulate recipes.")
 @user_errors
 def report(
     recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files; the first is the baseline unless --baseline")],
@@ -301,7 +301,7 @@ def report(
     out.print(f"[green]wrote[/] {', '.join(str(p) for p in files.values())}")
 
 
-@app.command()
+@app.command(short_help="Make a float16 variant for GPU providers.")
 @user_errors
 def convert(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX artifact")],
@@ -347,7 +347,7 @@ def _torch_cells(recipe: Path, cfg, compiled: bool, amp: bool) -> list:
     return cells
 
 
-@app.command()
+@app.command(short_help="Write a checksummed edge bundle of an artifact.")
 @user_errors
 def package(
     model: Annotated[Path, typer.Argument(help="a built artifact, e.g. artifacts/deit_int8.onnx")],
@@ -400,7 +400,7 @@ def _bundle_benchmarks(model: Path, providers: str, batch: str, threads: int | N
     return rows, {k: env[k] for k in ("cpu", "logical_cores", "cpu_isa", "onnxruntime", "openvino", "throughput")}
 
 
-@app.command()
+@app.command(short_help="Classify images with a bundle (no PyTorch).")
 @user_errors
 def predict(
     bundle: Annotated[Path, typer.Argument(help="bundle folder or .tar.gz (from vitdeploy package)")],

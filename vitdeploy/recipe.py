@@ -330,6 +330,13 @@ class QuantizeSpec(Section):
         description="store the FP32 weights left over (pos-embed, patch-embedding Conv) as INT8 + DequantizeLinear: "
         "smaller file, same FP32 compute; the classifier stays FP32 with keep_classifier_fp32",
     )
+    smooth_alpha: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="SmoothQuant: fold per-channel scales max|x|^a / max|w|^(1-a) into each LayerNorm and the "
+        "Linears it feeds before export (same FP32 function; calibration images give the maxima); none: off",
+    )
     calibration: CalibrationSpec = CalibrationSpec()
     max_accuracy_drop: float | None = Field(None, ge=0, description="fail the build if INT8 top-1 drops more (points) than this")
 
@@ -341,6 +348,8 @@ class QuantizeSpec(Section):
         if self.mode == "none" and given:
             raise ValueError(f"mode is none, so {', '.join(sorted(given))} would be ignored; set a mode or drop them")
         static_only = given & {"format", "calibration", "activation_type", "quantize_outputs"}
+        if self.smooth_alpha:
+            static_only -= {"calibration"}  # its images give SmoothQuant's maxima in any mode
         if self.mode == "dynamic" and static_only:
             raise ValueError(f"{', '.join(sorted(static_only))} apply to static quantization only (mode is dynamic)")
         return self
