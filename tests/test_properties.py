@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vitdeploy.data import preprocess
 from vitdeploy.errors import RecipeError
-from vitdeploy.imaging import ImageError, decode
-from vitdeploy.recipe import Recipe, load_recipe, parse_recipe
+from vitdeploy.imaging import ImageError, decode, decode_jpeg
+from vitdeploy.reader import normalizer
+from vitdeploy.recipe import Preprocess, Recipe, load_recipe, parse_recipe
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -147,3 +149,37 @@ def test_damaged_images_decode_or_raise_image_error(mode: str, side: int, seed: 
 def test_arbitrary_bytes_never_crash_the_loader(blob: bytes) -> None:
     with contextlib.suppress(ImageError):
         assert decode(blob, 8).shape == (8, 8, 3)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["RGB", "L", "CMYK"]),
+    st.integers(1, 64),
+    st.integers(1, 64),
+    st.integers(5, 100),
+    st.booleans(),
+    st.sampled_from([0, 1, 2]),
+    st.integers(0, 2**16),
+)
+def test_the_jpeg_fast_path_gives_pillows_pixels(
+    mode: str, w: int, h: int, quality: int, progressive: bool, subsampling: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    im = Image.frombytes(mode, (w, h), rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8).tobytes())
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, progressive=progressive, subsampling=subsampling)
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as reference:
+        expected = np.asarray(reference.convert("RGB"))
+    np.testing.assert_array_equal(decode(data), expected)
+    assert (decode_jpeg(data) is not None) == (mode == "RGB")
+
+
+@SETTINGS
+@given(st.integers(1, 5), st.integers(0, 2**16))
+def test_the_predictors_normalization_is_the_builds_bit_for_bit(n: int, seed: int) -> None:
+    images = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    pre = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    x = normalizer({"mean": list(pre.mean), "std": list(pre.std), "size": 32})(images)
+    assert x.flags["C_CONTIGUOUS"] and x.dtype == np.float32
+    np.testing.assert_array_equal(x, preprocess(images, pre, 32))

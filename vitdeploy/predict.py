@@ -1,17 +1,13 @@
 """Classify images with a bundle: onnxruntime, numpy and pillow, no torch.
 
-Images stream through a bounded pipeline: a reader thread decodes and preprocesses the next
-batches while the runtime works on the current one (pillow releases the GIL while it
-decodes), and at most `prefetch` batches wait in between, so memory stays flat however
-many images a folder holds. Images that cannot be read are reported by name and skipped.
+Images stream in batches from `vitdeploy.reader`, decoded in a separate process while the
+runtime works, at most a few batches ahead, so memory stays flat however many images a folder
+holds. Images that cannot be read are reported by name and skipped.
 """
 
 from __future__ import annotations
 
-import os
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +15,7 @@ import numpy as np
 
 from vitdeploy.bundle import Bundle
 from vitdeploy.errors import UserError
-from vitdeploy.imaging import IMAGE_SUFFIXES, ImageError, decode
+from vitdeploy.reader import Failure, batches_from
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -31,12 +27,6 @@ class Prediction:
     labels: tuple[str, ...]
     probabilities: tuple[float, ...]
     truth: str | None  # the parent folder's name when it is one of the bundle's labels
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: Path
-    reason: str
 
 
 @dataclass
@@ -51,101 +41,6 @@ class Tally:
     @property
     def top1(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def image_paths(inputs: Iterable[Path]) -> Iterator[Path]:
-    """Files as given; folders walked in sorted order for files with an image suffix."""
-    for item in inputs:
-        if item.is_dir():
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                for name in sorted(files):
-                    if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
-                        yield Path(root) / name
-        elif item.is_file():
-            yield item
-        else:
-            raise UserError(f"{item}: no such file or folder")
-
-
-def normalizer(pre: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 NHWC batch -> the model's input, as preprocess.json describes it."""
-    found = (pre.get("layout", "NCHW"), pre.get("scale", "1/255"), pre.get("dtype", "float32"))
-    if found != ("NCHW", "1/255", "float32"):
-        raise UserError(f"preprocess.json: layout/scale/dtype {'/'.join(map(str, found))} is not NCHW/1/255/float32")
-    try:
-        mean, std = np.asarray(pre["mean"], np.float32).reshape(3), np.asarray(pre["std"], np.float32).reshape(3)
-        int(pre["size"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"preprocess.json: mean, std (3 values each) and size are required ({err})") from None
-
-    def normalize(images: np.ndarray) -> np.ndarray:
-        # The build's arithmetic, step for step: the same float32 inputs, the same top-1.
-        x = images.astype(np.float32) / 255.0
-        return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
-
-    return normalize
-
-
-Batch = tuple[list[Path], np.ndarray | None, list[Failure]]
-
-
-def read_batches(paths: Iterator[Path], pre: dict, batch: int) -> Iterator[Batch]:
-    """(paths, model input, failures) per batch of readable images."""
-    size, interpolation = int(pre["size"]), pre.get("interpolation", "bicubic")
-    normalize = normalizer(pre)
-    done = False
-    while not done:
-        names, arrays, failures = [], [], []
-        while len(arrays) < batch:
-            path = next(paths, None)
-            if path is None:
-                done = True
-                break
-            try:
-                arrays.append(decode(path, size, interpolation))
-                names.append(path)
-            except ImageError as err:
-                failures.append(Failure(path, str(err)))
-            except OSError as err:
-                failures.append(Failure(path, f"could not be read ({err.strerror or err})"))
-        if arrays or failures:
-            yield names, normalize(np.stack(arrays)) if arrays else None, failures
-
-
-def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
-    """The same batches, produced by a reader thread at most `depth` batches ahead."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    end = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in batches:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put(end)
-        except BaseException as err:  # handed to the consumer, raised there
-            slots.put(err)
-
-    reader = threading.Thread(target=produce, name="vitdeploy-reader", daemon=True)
-    reader.start()
-    try:
-        while (item := slots.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 # ---------------------------------------------------------------- runtime
@@ -214,7 +109,8 @@ def predict(
     known = set(labels)
     k = min(top_k, len(labels))
     started = time.perf_counter()
-    for names, x, failures in prefetched(read_batches(image_paths(inputs), bundle.preprocess, batch), prefetch):
+    batches = batches_from(inputs, bundle.preprocess, batch, prefetch)
+    for names, x, failures in batches:
         for f in failures:
             tally.failed += 1
             tally.failures.append(f)

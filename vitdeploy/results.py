@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from vitdeploy.predict import Failure, Prediction
+from vitdeploy.predict import Prediction
+from vitdeploy.reader import Failure
 from vitdeploy.storage import atomic_path
 
 Writer = Callable[[Prediction | Failure], None]
