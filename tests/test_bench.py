@@ -282,3 +282,26 @@ def test_environment_names_the_cpu_isa() -> None:
     env = bench.environment(BenchConfig(providers=("cpu", "openvino")))
     assert set(env["cpu_isa"]) >= {"avx2", "avx512_vnni", "avx_vnni", "avx512_bf16"}
     assert env["cpu_isa"]["avx2"] == ("avx2" in Path("/proc/cpuinfo").read_text())
+
+
+def test_bracketed_rounds_pair_each_model_with_a_baseline_run_right_before_it() -> None:
+    from rich.progress import Progress
+
+    from vitdeploy.bench import BenchConfig, Result, paired_speedup, run_grid
+
+    calls = []
+
+    def cell(name: str, speed: float):
+        def measure_round(cfg: BenchConfig) -> Result:
+            machine = 2.0 if (len(calls) // 2) % 3 == 0 else 1.0  # the machine changes speed every pair
+            calls.append(name)
+            return Result(model=name, provider="cpu", batch=1, threads=None, throughput=speed * machine)
+
+        return name, measure_round
+
+    cells = [cell("base.onnx", 100.0), cell("fast.onnx", 150.0), cell("slow.onnx", 50.0)]
+    results = run_grid(cells, BenchConfig(rounds=4), Progress(disable=True), {1: 0, 2: 0})
+    assert calls[:4] == ["base.onnx", "fast.onnx", "base.onnx", "slow.onnx"]
+    base, fast, slow = results
+    assert fast.extra["bracket_ratios"] == [1.5] * 4 and paired_speedup(fast, base) == 1.5
+    assert paired_speedup(slow, base) == 0.5

@@ -31,7 +31,7 @@ def teacher_recipe(tmp_path: Path, name: str, samples: int = 1000, **sections) -
     recipe["evaluate"]["samples"] = samples
     recipe["quantize"]["calibration"]["samples"] = 128
     for key, value in sections.items():
-        replace = not isinstance(value, dict) or value.get("mode") == "none"  # no static fields left behind
+        replace = not isinstance(value, dict) or value.get("mode") in ("none", "dynamic")  # no static fields left behind
         recipe[key] = value if replace else recipe[key] | value
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(recipe))

@@ -36,7 +36,7 @@ import psutil
 from rich.progress import Progress
 from rich.table import Table
 
-from vitdeploy.graph import read_preprocess, weight_stats
+from vitdeploy.graph import load_checked, read_preprocess, weight_stats
 from vitdeploy.openvino_runtime import cpu_isa
 from vitdeploy.openvino_runtime import version as openvino_version
 from vitdeploy.profile import OpProfile, read_trace
@@ -290,10 +290,8 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
     result = Result(model=path.name, provider=provider, batch=batch, threads=threads)
     try:
         result.file_bytes = path.stat().st_size
-        try:
-            stats = weight_stats(onnx.load(str(path), load_external_data=False))
-        except Exception as e:
-            raise ValueError(f"not a readable ONNX model ({type(e).__name__}: {e})") from None
+        # Refuses corrupt files and external data outside the model's folder before ORT reads them.
+        stats = weight_stats(load_checked(path))
         result.parameters, result.int8_share = stats["parameters"], stats["int8_share"]
         with PeakRSS() as rss:
             t0 = time.perf_counter()
@@ -425,6 +423,9 @@ def paired_speedup(result: Result, base: Result) -> float | None:
     Cells of one round run back to back, so a machine that drifts over minutes (a shared VM)
     slows both sides of each pair alike; the ratio of overall medians would not cancel that.
     """
+    if result.extra.get("bracket_ratios") and result.extra.get("bracket_baseline") == base.model:
+        # measured right after its baseline, every round (run_grid's `baselines`)
+        return statistics.median(result.extra["bracket_ratios"])
     pairs = [
         a / b for a, b in zip(result.extra.get("round_series", []), base.extra.get("round_series", []), strict=False) if a and b
     ]
@@ -481,6 +482,14 @@ def write_csv(path: Path, results: list[Result]) -> None:
 Cell = tuple[str, Callable[[BenchConfig], Result]]  # (progress label, measures one round)
 
 
+def baseline_cells(paths: list[Path], baseline: Path, cfg: BenchConfig) -> dict[int, int]:
+    """For `onnx_cells(paths, cfg)`: each cell's index -> the index of `baseline`'s cell with the same
+    provider, batch and threads."""
+    block = len(cfg.providers) * len(cfg.batches) * len(cfg.threads)
+    b = paths.index(baseline)
+    return {i: b * block + i % block for i in range(len(paths) * block)}
+
+
 def onnx_cells(paths: list[Path], cfg: BenchConfig) -> list[Cell]:
     def cell(path: Path, provider: str, batch: int, threads: int | None) -> Cell:
         label = f"{path.name} {provider} b{batch}" + (f" t{threads}" if threads else "")
@@ -489,20 +498,38 @@ def onnx_cells(paths: list[Path], cfg: BenchConfig) -> list[Cell]:
     return [cell(p, prov, b, t) for p in paths for prov in cfg.providers for b in cfg.batches for t in cfg.threads]
 
 
-def run_grid(cells: list[Cell], cfg: BenchConfig, bar: Progress) -> list[Result]:
+def run_grid(cells: list[Cell], cfg: BenchConfig, bar: Progress, baselines: dict[int, int] | None = None) -> list[Result]:
     """Every cell `cfg.rounds` times, round-robin; each cell keeps its median round.
 
     Cells are ONNX models (`onnx_cells`) or anything else measured the same way (the PyTorch
     reference), so that all of them share the rounds and their speedups pair up.
+
+    `baselines` maps a cell's index to its baseline cell's. Each such cell is then measured
+    right after a fresh measurement of its baseline, and keeps the ratio of every pair
+    (`bracket_ratios`): a shared machine can change speed by 1.5x within seconds, and only
+    back-to-back pairs see the same machine.
     """
-    task = bar.add_task("benchmarking", total=len(cells) * cfg.rounds)
+    baselines = {i: b for i, b in (baselines or {}).items() if i != b}
+    bracketing = set(baselines.values())  # measured before each of their cells, not on their own
+    per_round = len(cells) - len(bracketing) + 2 * len(baselines)
+    task = bar.add_task("benchmarking", total=per_round * cfg.rounds)
     rounds: list[list[Result]] = [[] for _ in cells]
     for r in range(cfg.rounds):
         # Profiles and placement do not change between rounds: record them once.
         round_cfg = cfg if r == 0 else BenchConfig(**{**asdict(cfg), "profile_dir": None})
         for i, (label, measure_round) in enumerate(cells):
+            if i in bracketing:
+                continue
             bar.update(task, info=label + (f" round {r + 1}/{cfg.rounds}" if cfg.rounds > 1 else ""))
-            rounds[i].append(measure_round(round_cfg))
+            if i in baselines:
+                base = cells[baselines[i]][1](round_cfg)
+                rounds[baselines[i]].append(base)
+                bar.advance(task)
+            result = measure_round(round_cfg)
+            rounds[i].append(result)
+            if i in baselines and not (result.error or base.error) and base.throughput:
+                result.extra["bracket_ratio"] = result.throughput / base.throughput
+                result.extra["bracket_baseline"] = base.model
             bar.advance(task)
     return [median_round(cell_rounds) for cell_rounds in rounds]
 
@@ -522,6 +549,10 @@ def median_round(results: list[Result]) -> Result:
     failed = [r.error for r in results if r.error]
     if failed:
         chosen.note = f"{len(failed)} of {len(results)} rounds failed: {failed[0]}"[:300]
+    ratios = [r.extra["bracket_ratio"] for r in results if "bracket_ratio" in r.extra]
+    if ratios:
+        chosen.extra["bracket_ratios"] = [round(v, 4) for v in ratios]
+    chosen.extra.pop("bracket_ratio", None)
     if len(ok) > 1:
         speeds = [r.throughput for r in ordered]
         chosen.round_spread = (speeds[-1] - speeds[0]) / statistics.median(speeds)

@@ -218,7 +218,9 @@ def bench(
     profile: Annotated[
         Path | None, typer.Option(help="write ORT per-op profiles to this folder and print where the time goes")
     ] = None,
-    baseline: Annotated[str | None, typer.Option(help="model to compare against")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="model to compare against; measured again right before each other model")
+    ] = None,
     torch_recipe: Annotated[
         Path | None, typer.Option("--torch", help="also time this recipe's PyTorch model (eager) on the same grid")
     ] = None,
@@ -240,10 +242,6 @@ def bench(
     paths = _expand(models)
     if not paths:
         raise UserError(f"no model matches {' '.join(models)}")
-    from vitdeploy.graph import load_checked
-
-    for path in paths:
-        load_checked(path)
     cfg = B.BenchConfig(
         providers=tuple(p.strip() for p in provider.split(",")), batches=batches, threads=thread_list,
         warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, rounds=rounds,
@@ -252,11 +250,13 @@ def bench(
     from vitdeploy.progress import progress_bar
 
     cells = B.onnx_cells(paths, cfg)
+    base_path = next((p for p in paths if baseline in (p.name, p.stem, str(p))), None) if baseline else None
+    brackets = B.baseline_cells(paths, base_path, cfg) if base_path else None
     if torch_recipe is not None:
         cells += _torch_cells(torch_recipe, cfg, torch_compile, torch_amp)
     # The bar redraws from its own thread; once a second keeps it off the cores being timed.
     with progress_bar(refresh_per_second=1) as bar:
-        results = B.run_grid(cells, cfg, bar)
+        results = B.run_grid(cells, cfg, bar, brackets)
         if data is not None:
             B.add_accuracy(results, paths, data, bar)
     B.add_ratios(results, baseline)

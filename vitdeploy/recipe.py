@@ -351,7 +351,7 @@ class QuantizeSpec(Section):
         if self.smooth_alpha:
             static_only -= {"calibration"}  # its images give SmoothQuant's maxima in any mode
         if self.mode == "dynamic" and static_only:
-            raise ValueError(f"{', '.join(sorted(static_only))} apply to static quantization only (mode is dynamic)")
+            raise ValueError(f"mode is dynamic, so {', '.join(sorted(static_only))} (static only) would be ignored")
         return self
 
 

@@ -145,7 +145,8 @@ def providers_present() -> tuple[str, ...]:
 
 
 def measure(rows: list[Row], cfg: B.BenchConfig, baseline: Row, bar) -> dict:
-    results = B.run_grid(B.onnx_cells([r.onnx for r in rows], cfg), cfg, bar)
+    paths = [r.onnx for r in rows]
+    results = B.run_grid(B.onnx_cells(paths, cfg), cfg, bar, B.baseline_cells(paths, baseline.onnx, cfg))
     cell = {(r.model, r.provider, r.batch): r for r in results}
     for row in rows:
         for provider in cfg.providers:
