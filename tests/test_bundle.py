@@ -128,3 +128,14 @@ def test_predict_on_openvino_agrees_with_onnx_runtime(built: Path) -> None:
         list(predict(b, [built / "images"], runner(b, provider, 2), batch=16, tally=tallies[provider]))
     assert tallies["openvino"].images == SAMPLES
     assert abs(tallies["openvino"].correct - tallies["cpu"].correct) <= 2
+
+
+def test_package_cli_benchmarks_into_the_bundle(built: Path) -> None:
+    args = ["package", str(built / "out" / "edge.onnx"), "--out", str(built / "cli.tar.gz"), "--batch", "1", "--duration", "0.2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    with tarfile.open(built / "cli.tar.gz") as tf:
+        record = json.load(tf.extractfile("bundle.json"))
+    (figure,) = record["benchmarks"]
+    assert figure["provider"] == "cpu" and figure["batch"] == 1 and figure["throughput"] > 0 and figure["latency_p50_ms"] > 0
+    assert record["benchmark_environment"]["cpu_isa"] and record["benchmark_environment"]["onnxruntime"]

@@ -394,7 +394,7 @@ def _bundle_benchmarks(model: Path, providers: str, batch: str, threads: int | N
                         duration_s=duration, min_iters=20)  # fmt: skip
     with progress_bar(refresh_per_second=1) as bar:
         results = B.run_grid(B.onnx_cells([model], cfg), cfg, bar)
-    keep = ("provider", "batch", "threads", "throughput", "p50_ms", "p99_ms", "runs", "peak_rss_mb", "error")
+    keep = ("provider", "batch", "threads", "throughput", "latency_p50_ms", "latency_p99_ms", "runs", "peak_rss_mb", "error")
     rows = [{k: v for k, v in r.as_row().items() if k in keep} for r in results]
     env = B.environment(cfg)
     return rows, {k: env[k] for k in ("cpu", "logical_cores", "cpu_isa", "onnxruntime", "openvino", "throughput")}
