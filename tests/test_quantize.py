@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from vitdeploy.bias_correction import biased_layers, channel_means
 from vitdeploy.export import INPUT_NAME, export_onnx
 from vitdeploy.graph import activation_matmuls, output_producers
 from vitdeploy.optimize import optimize_transformer
@@ -140,3 +141,22 @@ def test_weight_zero_points_are_dropped_without_changing_outputs(vit_onnx: Path,
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
 
     np.testing.assert_array_equal(logits(tmp_path / "q.onnx"), logits(tmp_path / "explicit.onnx"))
+
+
+def test_bias_correction_brings_int8_channel_means_to_fp32(vit_onnx: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((48, 3, 32, 32)).astype(np.float32)
+    cal = CalibrationSpec(samples=48, batch_size=16)
+    plain = tmp_path / "plain.onnx"
+    quantize_model(vit_onnx, plain, QuantizeSpec(mode="static", calibration=cal), ArrayCalibrationReader(INPUT_NAME, x, 16))
+    corrected = tmp_path / "corrected.onnx"
+    spec = QuantizeSpec(mode="static", calibration=cal, bias_correction=True)
+    report = quantize_model(vit_onnx, corrected, spec, ArrayCalibrationReader(INPUT_NAME, x, 16), correction_images=x)
+    layers = [layer.biased for layer in biased_layers(onnx.load(str(plain)))]
+    assert report["bias_correction"]["layers"] == len(layers) >= 2
+    reference = channel_means(onnx.load(str(vit_onnx)), layers, x, 16)
+
+    def error(path: Path) -> float:
+        means = channel_means(onnx.load(str(path)), layers, x, 16)
+        return float(np.mean([np.abs(means[t] - reference[t]).mean() for t in layers]))
+
+    assert error(corrected) < 0.2 * error(plain)

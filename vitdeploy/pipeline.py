@@ -289,11 +289,10 @@ def smooth_step(recipe: Recipe, model: nn.Module, img_size: int, device: torch.d
 
 
 def quantize_step(recipe: Recipe, fp32: Path, int8: Path, img_size: int) -> dict:
-    reader = None
-    if recipe.quantize.mode == "static":
-        x = calibration_images(recipe, img_size)
-        reader = ArrayCalibrationReader(INPUT_NAME, x, recipe.quantize.calibration.batch_size)
-    return quantize_model(fp32, int8, recipe.quantize, reader)
+    spec = recipe.quantize
+    x = calibration_images(recipe, img_size) if spec.mode == "static" or spec.bias_correction else None
+    reader = ArrayCalibrationReader(INPUT_NAME, x, spec.calibration.batch_size) if spec.mode == "static" else None
+    return quantize_model(fp32, int8, spec, reader, correction_images=x)
 
 
 def check_accuracy_gate(recipe: Recipe, top1: dict[str, float]) -> None:

@@ -28,6 +28,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from vitdeploy.bias_correction import correct_biases
 from vitdeploy.errors import UserError
 from vitdeploy.graph import activation_matmuls, output_producers, quantized_op_counts, weight_stats
 from vitdeploy.recipe import QuantizeSpec
@@ -105,8 +106,16 @@ def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     return sorted(excluded)
 
 
-def quantize_model(source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None = None) -> dict:
-    """Quantize `source` into `target` atomically; return what was done, for the manifest."""
+def quantize_model(
+    source: Path,
+    target: Path,
+    spec: QuantizeSpec,
+    calibration: ArrayCalibrationReader | None = None,
+    correction_images: np.ndarray | None = None,
+) -> dict:
+    """Quantize `source` into `target` atomically; return what was done, for the manifest.
+
+    `correction_images` (preprocessed, NCHW) feed `spec.bias_correction`."""
     with tempfile.TemporaryDirectory() as tmpdir:
         # Symbolic shape inference types the tensors around ORT's fused contrib ops
         # (SkipLayerNormalization, BiasGelu, Attention); without it the quantizer skips
@@ -114,10 +123,12 @@ def quantize_model(source: Path, target: Path, spec: QuantizeSpec, calibration: 
         typed = Path(tmpdir) / "typed.onnx"
         quant_pre_process(str(source), str(typed), skip_optimization=True, auto_merge=True)
         logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
-        return _quantize(typed, target, spec, calibration)
+        return _quantize(typed, target, spec, calibration, correction_images)
 
 
-def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None) -> dict:
+def _quantize(
+    source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None, images: np.ndarray | None
+) -> dict:
     model = onnx.load(str(source))
     excluded = nodes_to_exclude(model, spec)
     op_types = [t for t in spec.op_types if t not in spec.exclude_op_types]
@@ -164,8 +175,14 @@ def _quantize(source: Path, target: Path, spec: QuantizeSpec, calibration: Array
         del quantized.graph.value_info[:]
         stored = store_weights_int8(quantized, keep=set(excluded)) if spec.store_other_weights_int8 else []
         drop_zero_weight_zero_points(quantized)
+        corrected = None
+        if spec.bias_correction:  # last: against the graph exactly as it will run
+            if images is None:
+                raise ValueError("bias correction needs calibration images")
+            corrected = correct_biases(onnx.load(str(source)), quantized, images, spec.calibration.batch_size)
         onnx.save(quantized, str(tmp))
     return {
+        "bias_correction": corrected,
         "mode": spec.mode,
         "format": spec.format if spec.mode == "static" else "qoperator",
         "op_types": op_types,

@@ -337,6 +337,11 @@ class QuantizeSpec(Section):
         description="SmoothQuant: fold per-channel scales max|x|^a / max|w|^(1-a) into each LayerNorm and the "
         "Linears it feeds before export (same FP32 function; calibration images give the maxima); none: off",
     )
+    bias_correction: bool = Field(
+        False,
+        description="after quantizing, shift each quantized MatMul's bias by the FP32 model's mean output minus the "
+        "INT8 model's, per channel, on the calibration images (layer by layer)",
+    )
     calibration: CalibrationSpec = CalibrationSpec()
     max_accuracy_drop: float | None = Field(None, ge=0, description="fail the build if INT8 top-1 drops more (points) than this")
 
@@ -348,8 +353,8 @@ class QuantizeSpec(Section):
         if self.mode == "none" and given:
             raise ValueError(f"mode is none, so {', '.join(sorted(given))} would be ignored; set a mode or drop them")
         static_only = given & {"format", "calibration", "activation_type", "quantize_outputs"}
-        if self.smooth_alpha:
-            static_only -= {"calibration"}  # its images give SmoothQuant's maxima in any mode
+        if self.smooth_alpha or self.bias_correction:
+            static_only -= {"calibration"}  # its images serve smoothing and bias correction in any mode
         if self.mode == "dynamic" and static_only:
             raise ValueError(f"mode is dynamic, so {', '.join(sorted(static_only))} (static only) would be ignored")
         return self
