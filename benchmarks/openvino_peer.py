@@ -9,9 +9,10 @@ recipes `vit_fp32_portable.yaml` and `vit_static_int8_portable.yaml` (built when
 
 The peer: NNCF's `quantize` with `ModelType.TRANSFORMER` on the plain FP32 export
 (`vit_fp32_portable.onnx`, standard operators), 300 training images for calibration, run by
-OpenVINO. Every row is timed in the same process, round-robin over `--rounds` rounds; each
-speedup is the median over rounds of that row's throughput / ONNX Runtime FP32's in the same
-round, so the machine's drift cancels. Top-1 is measured on each row's own runtime.
+OpenVINO. Every row is timed in the same process over `--rounds` rounds, each time right after a fresh
+run of the NNCF peer: "vs NNCF" is the median over rounds of those back-to-back ratios; "vs ORT
+FP32" pairs each row with ONNX Runtime FP32 in the same round. Top-1 is measured on each row's
+own runtime.
 """
 
 from __future__ import annotations
@@ -100,9 +101,13 @@ def main() -> None:
     batches = tuple(int(b) for b in args.batches.split(","))
     cfg = B.BenchConfig(batches=batches, threads=(args.threads,), rounds=args.rounds, duration_s=args.duration)
     cells = [c for _, path, runtime in table for c in B.onnx_cells([path], replace(cfg, providers=(runtime,)))]
+    # Every row is timed right after a fresh run of the peer (the last row): the "vs NNCF" ratios
+    # compare cells seconds apart, whatever the shared machine does in between.
+    peer_first = (len(table) - 1) * len(batches)
+    brackets = {i: peer_first + i % len(batches) for i in range(len(cells))}
     test = DataStore().load("cifar10", "test").subset(args.samples)
     with progress_bar(refresh_per_second=1) as bar:
-        results = B.run_grid(cells, cfg, bar)
+        results = B.run_grid(cells, cfg, bar, brackets)
     top1 = {label: accuracy(path, "openvino" if runtime == "openvino" else "onnxruntime", test) for label, path, runtime in table}
     by_cell = {(r.model, r.provider, r.batch): r for r in results}
     report = {"environment": B.environment(replace(cfg, providers=("cpu", "openvino"))), "nncf_seconds": nncf_seconds, "rows": []}
