@@ -204,12 +204,7 @@ def build(
     with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer, checking parity"):
         optimize_report = optimize_step(recipe, raw, fp32)
         parity = check_parity(model, fp32, parity_set, pre, img_size)
-    if parity.top1_agreement < recipe.export.min_top1_agreement:
-        raise BuildError(
-            f"ONNX parity failed: top-1 agreement {parity.top1_agreement:.2%} < "
-            f"{recipe.export.min_top1_agreement:.2%} (max |logit diff| {parity.max_abs_logit_diff:.3g}); "
-            "no artifact written"
-        )
+    check_parity_gate(recipe, parity)
     int8, quantize_report = None, None
     if recipe.quantize.mode != "none":
         int8 = work / "int8.onnx"
@@ -228,11 +223,7 @@ def build(
     files = publish(recipe, model, fp32, int8)
     manifest = {
         **recipe_record(recipe, recipe_path),
-        "model": {
-            "parameters": count_parameters(model),
-            "macs": count_macs(model, img_size),
-            "architecture": describe(model).summary(),
-        },
+        "model": model_record(model, img_size),
         "preprocess": preprocessing,
         "artifacts": files,
         "export": {
@@ -252,6 +243,19 @@ def build(
     }
     write_json_atomic(recipe.output.dir / f"{recipe.artifact_name}.json", manifest)
     return manifest
+
+
+def check_parity_gate(recipe: Recipe, parity: Parity) -> None:
+    if parity.top1_agreement < recipe.export.min_top1_agreement:
+        raise BuildError(
+            f"ONNX parity failed: top-1 agreement {parity.top1_agreement:.2%} < "
+            f"{recipe.export.min_top1_agreement:.2%} (max |logit diff| {parity.max_abs_logit_diff:.3g}); "
+            "no artifact written"
+        )
+
+
+def model_record(model: nn.Module, img_size: int) -> dict:
+    return {"parameters": count_parameters(model), "macs": count_macs(model, img_size), "architecture": describe(model).summary()}
 
 
 def portable(recipe: Recipe) -> bool:
