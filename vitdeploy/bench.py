@@ -40,12 +40,8 @@ from vitdeploy.graph import load_checked, read_preprocess, weight_stats
 from vitdeploy.openvino_runtime import cpu_isa
 from vitdeploy.openvino_runtime import version as openvino_version
 from vitdeploy.profile import OpProfile, read_trace
+from vitdeploy.sessions import PROVIDERS, session_options
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 # Runtimes other than ONNX Runtime, timed the same way (vitdeploy.openvino_runtime).
 OTHER_RUNTIMES = ("openvino",)
 
@@ -134,19 +130,6 @@ def thread_sweep(spec: str) -> tuple[int | None, ...]:
     if spec == "sweep":
         return tuple(sorted({1, min(2, os.cpu_count() or 1), os.cpu_count() or 1}))
     return tuple(int(t) for t in spec.split(","))
-
-
-def session_options(threads: int | None, profile_prefix: str | None = None) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    if threads:
-        opts.intra_op_num_threads = threads
-    return opts
 
 
 class PeakRSS:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from vitdeploy.errors import UserError
-from vitdeploy.imaging import IMAGE_SUFFIXES, ImageError, decode
+from vitdeploy.imaging import IMAGE_SUFFIXES, RESAMPLE, ImageError, decode, normalize
 from vitdeploy.progress import progress_bar
 from vitdeploy.recipe import DataSpec, Preprocess
 from vitdeploy.storage import atomic_path
@@ -289,11 +289,9 @@ def preprocess(images: np.ndarray, spec: Preprocess, size: int | None = None) ->
     same tensors; its parameters are written to the manifest.
     """
     if size is not None and images.shape[1:3] != (size, size):
-        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), resample[spec.interpolation])) for im in images])
-    x = images.astype(np.float32) / 255.0
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        resample = RESAMPLE[spec.interpolation]
+        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), resample)) for im in images])
+    return normalize(images, np.asarray(spec.mean), np.asarray(spec.std))
 
 
 def batches(images: ImageSet, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -25,6 +25,19 @@ class ImageError(ValueError):
     """An image that cannot or must not be decoded; the message says which and why."""
 
 
+def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> float32 NCHW: / 255, minus the per-channel mean, over the per-channel std.
+
+    The one arithmetic of the build's evaluation and of the predictor, so both feed the model
+    the same floats. In place on a single NCHW copy: on a device it runs beside inference.
+    """
+    x = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    x /= np.float32(255.0)
+    x -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    x /= np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return x
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any 8- or 16-bit integer mode as 8-bit RGB."""
     if im.mode == "RGB":

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import torch
 from pydantic import BaseModel
@@ -190,13 +191,14 @@ def build(
     with timer.step("stages"):
         model, stage_reports = run_stages(recipe, device, checkpoint_every_s)
     img_size = model.patch_embed.img_size[0]
-    smoothing = None
-    if recipe.quantize.mode != "none" and recipe.quantize.smooth_alpha:
-        with timer.step("smooth", "SmoothQuant: folding activation scales into the weights"):
-            smoothing = smooth_step(recipe, model, img_size, device)
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
         parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
+    cal_images, smoothing = None, None  # calibration images: read once, when first needed
+    if recipe.quantize.mode != "none" and recipe.quantize.smooth_alpha:
+        with timer.step("smooth", "SmoothQuant: folding activation scales into the weights"):
+            cal_images = calibration_images(recipe, img_size)
+            smoothing = smooth_step(recipe, model, cal_images, device)
     with timer.step("export", "exporting to ONNX and checking parity on real images"):
         raw = export_onnx(model, recipe.export, img_size, work / "export.onnx")
         parity_raw = check_parity(model, raw, parity_set, pre, img_size)
@@ -209,7 +211,9 @@ def build(
     if recipe.quantize.mode != "none":
         int8 = work / "int8.onnx"
         with timer.step("quantize", f"{recipe.quantize.mode} INT8 quantization (calibrating when static)"):
-            quantize_report = quantize_step(recipe, fp32, int8, img_size) | {"smoothquant": smoothing}
+            if cal_images is None and uses_calibration(recipe):
+                cal_images = calibration_images(recipe, img_size)
+            quantize_report = quantize_step(recipe, fp32, int8, cal_images) | {"smoothquant": smoothing}
     with timer.step("evaluate"):
         top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
         runtimes = check_runtimes(recipe, model, parity_set, eval_set, fp32, int8, top1, parity)
@@ -277,26 +281,32 @@ def optimize_step(recipe: Recipe, raw: Path, fp32: Path) -> dict | None:
     return optimize_transformer(raw, fp32, recipe.optimize, 0, 0, fuse)
 
 
-def calibration_images(recipe: Recipe, img_size: int):
+def uses_calibration(recipe: Recipe) -> bool:
+    """Static scales, SmoothQuant and bias correction all read the calibration images."""
+    q = recipe.quantize
+    return q.mode == "static" or (q.mode != "none" and bool(q.smooth_alpha or q.bias_correction))
+
+
+def calibration_images(recipe: Recipe, img_size: int) -> np.ndarray:
+    """The calibration images, preprocessed (the build reads them once for every step that needs them)."""
     cal = recipe.quantize.calibration
     cal_set = load_split(recipe.data, cal.split).subset(cal.samples, seed=2)
     return preprocess(cal_set.images, recipe.data.preprocess, img_size)
 
 
-def smooth_step(recipe: Recipe, model: nn.Module, img_size: int, device: torch.device) -> dict:
+def smooth_step(recipe: Recipe, model: nn.Module, images: np.ndarray, device: torch.device) -> dict:
     """SmoothQuant on the calibration images, before export (the FP32 function is unchanged)."""
     from vitdeploy.smoothing import smooth
 
-    x = torch.from_numpy(calibration_images(recipe, img_size)).to(device)
+    x = torch.from_numpy(images).to(device)
     ratios = smooth(model, x, recipe.quantize.smooth_alpha, recipe.quantize.calibration.batch_size)
     return {"alpha": recipe.quantize.smooth_alpha, "activation_max_over_median_after": [round(r, 2) for r in ratios]}
 
 
-def quantize_step(recipe: Recipe, fp32: Path, int8: Path, img_size: int) -> dict:
+def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: np.ndarray | None) -> dict:
     spec = recipe.quantize
-    x = calibration_images(recipe, img_size) if spec.mode == "static" or spec.bias_correction else None
-    reader = ArrayCalibrationReader(INPUT_NAME, x, spec.calibration.batch_size) if spec.mode == "static" else None
-    return quantize_model(fp32, int8, spec, reader, correction_images=x)
+    reader = ArrayCalibrationReader(INPUT_NAME, images, spec.calibration.batch_size) if spec.mode == "static" else None
+    return quantize_model(fp32, int8, spec, reader, correction_images=images if spec.bias_correction else None)
 
 
 def check_accuracy_gate(recipe: Recipe, top1: dict[str, float]) -> None:

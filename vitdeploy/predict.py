@@ -16,8 +16,8 @@ import numpy as np
 from vitdeploy.bundle import Bundle
 from vitdeploy.errors import UserError
 from vitdeploy.reader import Failure, batches_from
+from vitdeploy.sessions import PROVIDERS
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -63,17 +63,13 @@ def runner(bundle: Bundle, provider: str, threads: int | None) -> Runner:
         raise UserError(f"--provider {provider}: choose from {', '.join([*PROVIDERS, 'openvino'])}")
     import onnxruntime as ort
 
+    from vitdeploy.sessions import session_options
+
     ep = PROVIDERS[provider]
     if ep not in ort.get_available_providers():
         raise UserError(f"--provider {provider}: {ep} is not available in this onnxruntime ({ort.__version__})")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.inter_op_num_threads = 1
-    if threads:
-        opts.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(bundle.model), opts, providers=[ep])
+        session = ort.InferenceSession(str(bundle.model), session_options(threads), providers=[ep])
     except Exception as err:  # ORT raises its own exception types for invalid graphs
         raise UserError(f"{bundle.model.name}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
     inp = session.get_inputs()[0]

@@ -179,7 +179,7 @@ def _quantize(
         if spec.bias_correction:  # last: against the graph exactly as it will run
             if images is None:
                 raise ValueError("bias correction needs calibration images")
-            corrected = correct_biases(onnx.load(str(source)), quantized, images, spec.calibration.batch_size)
+            corrected = correct_biases(model, quantized, images, spec.calibration.batch_size)
         onnx.save(quantized, str(tmp))
     return {
         "bias_correction": corrected,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.errors import UserError
-from vitdeploy.imaging import IMAGE_SUFFIXES, ImageError, decode
+from vitdeploy.imaging import IMAGE_SUFFIXES, ImageError, decode, normalize
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,10 @@ def normalizer(pre: dict) -> Callable[[np.ndarray], np.ndarray]:
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"preprocess.json: mean, std (3 values each) and size are required ({err})") from None
 
-    mean, std = mean.reshape(1, 3, 1, 1), std.reshape(1, 3, 1, 1)
+    def normalize_batch(images: np.ndarray) -> np.ndarray:
+        return normalize(images, mean, std)
 
-    def normalize(images: np.ndarray) -> np.ndarray:
-        # The build's arithmetic, step for step (so the same float32 inputs and the same top-1),
-        # in place on one NCHW copy: reading competes with inference for the same cores.
-        x = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")
-        x /= np.float32(255.0)
-        x -= mean
-        x /= std
-        return x
-
-    return normalize
+    return normalize_batch
 
 
 Batch = tuple[list[Path], np.ndarray | None, list[Failure]]
