@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vitdeploy import imaging
 from vitdeploy.data import preprocess
 from vitdeploy.errors import RecipeError
-from vitdeploy.imaging import ImageError, decode, decode_jpeg
+from vitdeploy.imaging import ImageError, decode, decode_jpeg, resize_center_crop
 from vitdeploy.reader import normalizer
 from vitdeploy.recipe import Preprocess, Recipe, load_recipe, parse_recipe
 
@@ -160,9 +162,10 @@ def test_arbitrary_bytes_never_crash_the_loader(blob: bytes) -> None:
     st.booleans(),
     st.sampled_from([0, 1, 2]),
     st.integers(0, 2**16),
+    st.sampled_from([None, 16]),
 )
 def test_the_jpeg_fast_path_gives_pillows_pixels(
-    mode: str, w: int, h: int, quality: int, progressive: bool, subsampling: int, seed: int
+    mode: str, w: int, h: int, quality: int, progressive: bool, subsampling: int, seed: int, size: int | None
 ) -> None:
     rng = np.random.default_rng(seed)
     im = Image.frombytes(mode, (w, h), rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8).tobytes())
@@ -170,9 +173,13 @@ def test_the_jpeg_fast_path_gives_pillows_pixels(
     im.save(buf, format="JPEG", quality=quality, progressive=progressive, subsampling=subsampling)
     data = buf.getvalue()
     with Image.open(io.BytesIO(data)) as reference:
-        expected = np.asarray(reference.convert("RGB"))
-    np.testing.assert_array_equal(decode(data), expected)
+        rgb = reference.convert("RGB")
+        expected = np.asarray(rgb if size is None or rgb.size == (size, size) else resize_center_crop(rgb, size))
+    np.testing.assert_array_equal(decode(data, size), expected)
     assert (decode_jpeg(data) is not None) == (mode == "RGB")
+    with mock.patch.object(imaging, "simplejpeg", None):  # where no simplejpeg wheel exists
+        np.testing.assert_array_equal(decode(data, size), expected)
+        assert (decode_jpeg(data) is not None) == (mode == "RGB")
 
 
 @SETTINGS

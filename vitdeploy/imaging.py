@@ -16,6 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+try:  # libjpeg-turbo straight into numpy: a third of pillow's cost on a small JPEG, same pixels
+    import simplejpeg
+except ImportError:  # platforms without its wheel decode through pillow
+    simplejpeg = None
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MAX_PIXELS = 50_000_000  # 50 megapixels: far above any ViT input, far below a bomb
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -65,8 +70,9 @@ def resize_center_crop(im: Image.Image, size: int, interpolation: str = "bicubic
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a 3-component baseline or progressive JPEG without an Adobe marker.
 
-    Such files decode straight into RGB with pillow's JPEG decoder, which skips the Python
-    header parsing of `Image.open` (half the time of a small image). Anything else: None.
+    Such files decode straight into RGB with libjpeg-turbo's default (accurate) IDCT and
+    upsampling, the settings pillow uses, without `Image.open`'s Python header parsing.
+    Anything else: None.
     """
     if not data.startswith(b"\xff\xd8"):
         return None
@@ -87,14 +93,16 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_jpeg(data: bytes) -> Image.Image | None:
+def decode_jpeg(data: bytes) -> np.ndarray | None:
     """The fast path of `decode` for plain colour JPEGs; None where it does not apply or fails."""
     size = jpeg_size(data)
     if size is None or size[0] * size[1] > MAX_PIXELS:
         return None
     try:
-        return Image.frombytes("RGB", size, data, "jpeg", "RGB", "")
-    except (ValueError, OSError):  # truncated or unusual: the general path says what is wrong
+        if simplejpeg is not None:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        return np.asarray(Image.frombytes("RGB", size, data, "jpeg", "RGB", ""), dtype=np.uint8)
+    except (ValueError, OSError, RuntimeError):  # truncated or unusual: the general path says what is wrong
         return None
 
 
@@ -105,9 +113,9 @@ def decode(data: bytes | Path, size: int | None = None, interpolation: str = "bi
             data = f.read()
     fast = decode_jpeg(data)
     if fast is not None:
-        if size is not None and fast.size != (size, size):
-            fast = resize_center_crop(fast, size, interpolation)
-        return np.asarray(fast, dtype=np.uint8)
+        if size is not None and fast.shape[:2] != (size, size):
+            return np.asarray(resize_center_crop(Image.fromarray(fast), size, interpolation), dtype=np.uint8)
+        return fast
     source = io.BytesIO(data)
     try:
         with warnings.catch_warnings():

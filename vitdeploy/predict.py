@@ -1,6 +1,6 @@
 """Classify images with a bundle: onnxruntime, numpy and pillow, no torch.
 
-Images stream in batches from `vitdeploy.reader`, decoded in a separate process while the
+Images stream in batches from `vitdeploy.reader`, decoded in a reader thread while the
 runtime works, at most a few batches ahead, so memory stays flat however many images a folder
 holds. Images that cannot be read are reported by name and skipped.
 """
@@ -119,12 +119,14 @@ def predict(
         if probs.shape != (len(names), len(labels)):
             raise UserError(f"{bundle.model.name}: output shape {probs.shape} does not match {len(labels)} labels")
         order = np.argsort(-probs, axis=1)[:, :k]
-        for path, p, idx in zip(names, probs, order, strict=True):
-            truth = path.parent.name if path.parent.name in known else None
+        top_p = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, one call per batch
+        for path, idx, p in zip(names, order.tolist(), top_p, strict=True):
+            folder = path.parent.name
+            truth = folder if folder in known else None
             top = tuple(labels[i] for i in idx)
             if truth is not None:
                 tally.labelled += 1
                 tally.correct += int(top[0] == truth)
-            yield Prediction(path, top, tuple(float(p[i]) for i in idx), truth)
+            yield Prediction(path, top, tuple(p), truth)
         tally.images += len(names)
     tally.seconds = time.perf_counter() - started
