@@ -190,3 +190,19 @@ def test_the_predictors_normalization_is_the_builds_bit_for_bit(n: int, seed: in
     x = normalizer({"mean": list(pre.mean), "std": list(pre.std), "size": 32})(images)
     assert x.flags["C_CONTIGUOUS"] and x.dtype == np.float32
     np.testing.assert_array_equal(x, preprocess(images, pre, 32))
+
+
+@pytest.mark.parametrize("path", ["/proc/self/status", "/proc/self/maps"])
+def test_files_whose_size_the_kernel_does_not_know_are_read_whole(path: str) -> None:
+    # /proc files report size 0 and have content: the reader must not trust fstat's size
+    first = imaging.read_file(Path(path))
+    assert len(first) > 0 and first.startswith(Path(path).read_bytes()[:32])
+
+
+@SETTINGS
+@given(st.integers(0, 300_000))
+def test_a_file_is_read_byte_for_byte(tmp_path_factory: pytest.TempPathFactory, n: int) -> None:
+    path = tmp_path_factory.mktemp("read") / "blob"
+    blob = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    path.write_bytes(blob)
+    assert imaging.read_file(path) == blob

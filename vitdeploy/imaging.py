@@ -10,6 +10,7 @@ expanded, CMYK is converted, 16-bit values are scaled to 8 bits, alpha is droppe
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -106,11 +107,29 @@ def decode_jpeg(data: bytes) -> np.ndarray | None:
         return None
 
 
+def read_file(path: Path) -> bytes:
+    """The whole file, in as few system calls as its size allows (a small image: one read).
+
+    An unreadable file raises OSError: not an image problem.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)
+        if len(data) == size:
+            return data
+        chunks = [data]  # a short read, or a file that grew: read on to the end
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def decode(data: bytes | Path, size: int | None = None, interpolation: str = "bicubic") -> np.ndarray:
     """uint8 RGB array (H, W, 3); resized and center-cropped to `size` when it is not already."""
     if isinstance(data, Path):
-        with open(data, "rb") as f:  # an unreadable file raises OSError: not an image problem
-            data = f.read()
+        data = read_file(data)
     fast = decode_jpeg(data)
     if fast is not None:
         if size is not None and fast.shape[:2] != (size, size):

@@ -69,21 +69,22 @@ def read_batches(paths: Iterator[Path], pre: dict, batch: int) -> Iterator[Batch
     normalize = normalizer(pre)
     done = False
     while not done:
-        names, arrays, failures = [], [], []
-        while len(arrays) < batch:
+        names, failures = [], []
+        images = np.empty((batch, size, size, 3), np.uint8)  # decoded straight into the batch
+        while len(names) < batch:
             path = next(paths, None)
             if path is None:
                 done = True
                 break
             try:
-                arrays.append(decode(path, size, interpolation))
+                images[len(names)] = decode(path, size, interpolation)
                 names.append(path)
             except ImageError as err:
                 failures.append(Failure(path, str(err)))
             except OSError as err:
                 failures.append(Failure(path, f"could not be read ({err.strerror or err})"))
-        if arrays or failures:
-            yield names, normalize(np.stack(arrays)) if arrays else None, failures
+        if names or failures:
+            yield names, normalize(images[: len(names)]) if names else None, failures
 
 
 def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
