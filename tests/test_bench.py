@@ -305,3 +305,19 @@ def test_bracketed_rounds_pair_each_model_with_a_baseline_run_right_before_it() 
     base, fast, slow = results
     assert fast.extra["bracket_ratios"] == [1.5] * 4 and paired_speedup(fast, base) == 1.5
     assert paired_speedup(slow, base) == 0.5
+
+
+def test_the_table_shows_and_explains_only_columns_some_row_fills() -> None:
+    from rich.console import Console
+
+    fast = Result("m.onnx", "cpu", 1, 1, throughput=200.0, runs=5, extra={"speedup": 2.0, "size_ratio": 0.3})
+    base = Result("m.fp32.onnx", "cpu", 1, 1, throughput=100.0, runs=5, extra={"speedup": 1.0, "size_ratio": 1.0})
+    console = Console(width=300, record=True)
+    console.print(bench.results_table([fast, base]))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "model" in line and "img/s" in line)
+    words = " ".join(text.split())  # the caption wraps at the table's width
+    assert "speedup" in header and "2.00x" in text and "speedup: throughput against the baseline" in words
+    for empty in ("top-1", "spread", "note"):  # no accuracy, one round, no fallback: no such column
+        assert empty not in header and f"{empty}:" not in words
+    assert text.index("m.onnx") < text.index("m.fp32.onnx")  # fastest first

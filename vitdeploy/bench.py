@@ -580,32 +580,48 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
                 r.top1 = acc
 
 
+COLUMN_NOTES = {
+    "img/s": "batch / median latency",
+    "p50 ms": "median latency of one run",
+    "p99 ms": "99th percentile",
+    "runs": "timed runs",
+    "MB": "file size",
+    "int8 %": "share of weights stored as INT8",
+    "mem MB": "resident memory the cell added (session, weights, arena, runs; PyTorch: model and runs)",
+    "speedup": "throughput against the baseline, paired round by round",
+    "size": "file size against the baseline",
+    "spread": "(max - min) / median of the rounds",
+}
+
+
+def result_row(r: Result) -> dict[str, str]:
+    speed, size = r.extra.get("speedup"), r.extra.get("size_ratio")
+    return {
+        "model": r.model, "provider": r.provider, "batch": str(r.batch), "threads": str(r.threads or "default"),
+        "img/s": f"{r.throughput:,.0f}", "p50 ms": f"{r.latency_p50_ms:.2f}", "p99 ms": f"{r.latency_p99_ms:.2f}",
+        "runs": str(r.runs), "MB": f"{r.file_bytes / 1e6:.2f}", "int8 %": f"{100 * r.int8_share:.0f}",
+        "mem MB": f"{r.model_rss_mb:.0f}", "top-1": "" if r.top1 is None else f"{r.top1:.2%}",
+        "speedup": "" if speed is None else f"{speed:.2f}x", "size": "" if size is None else f"{size:.2f}x",
+        "spread": "" if r.round_spread is None else f"{r.round_spread:.1%}",
+        "note": "CPU fallback" if r.falls_back else "",
+    }  # fmt: skip
+
+
 def results_table(results: list[Result]) -> Table:
-    caption = (
-        "grouped by provider, batch and threads, fastest first. img/s: batch / median latency; p50/p99: latency\n"
-        "percentiles of one run; runs: timed runs; MB: file size; int8 %: share of weights stored as INT8;\n"
-        "mem MB: resident memory the cell added (session, weights, arena, runs; PyTorch: model and runs);\n"
-        "speedup, size: against the baseline (paired round by round); spread: (max - min) / median of the rounds"
-    )
-    table = Table(title="vitdeploy bench", caption=caption)
-    cols = ("model", "provider", "batch", "threads", "img/s", "p50 ms", "p99 ms", "runs", "MB", "int8 %",
-            "mem MB", "top-1", "speedup", "size", "spread", "note")  # fmt: skip
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("model", "provider") else "right")
+    """Rows grouped by provider, batch and threads, fastest first; columns empty in every row left out."""
     ordered = sorted((r for r in results if not r.error), key=lambda r: (r.provider, r.batch, r.threads or 0, -r.throughput))
+    rows = [result_row(r) for r in ordered]
+    columns = [c for c in rows[0] if any(row[c] for row in rows)] if rows else ["model"]
+    notes = "; ".join(f"{c}: {COLUMN_NOTES[c]}" for c in columns if c in COLUMN_NOTES)
+    table = Table(title="vitdeploy bench", caption=f"grouped by provider, batch and threads, fastest first. {notes}")
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("model", "provider", "note") else "right")
     previous = None
-    for r in ordered:
+    for r, row in zip(ordered, rows, strict=True):
         if previous is not None and (r.provider, r.batch, r.threads) != previous:
             table.add_section()
         previous = (r.provider, r.batch, r.threads)
-        speed, size = r.extra.get("speedup"), r.extra.get("size_ratio")
-        table.add_row(
-            r.model, r.provider, str(r.batch), str(r.threads or "default"), f"{r.throughput:,.0f}",
-            f"{r.latency_p50_ms:.2f}", f"{r.latency_p99_ms:.2f}", str(r.runs), f"{r.file_bytes / 1e6:.2f}",
-            f"{100 * r.int8_share:.0f}", f"{r.model_rss_mb:.0f}", "" if r.top1 is None else f"{r.top1:.2%}",
-            "" if speed is None else f"{speed:.2f}x", "" if size is None else f"{size:.2f}x",
-            "" if r.round_spread is None else f"{r.round_spread:.1%}", "CPU fallback" if r.falls_back else "",
-        )  # fmt: skip
+        table.add_row(*(row[c] for c in columns))
     return table
 
 
