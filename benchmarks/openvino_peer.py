@@ -1,7 +1,7 @@
 """vitdeploy's CPU artifacts beside the peer a CPU user would pick: NNCF post-training quantization + OpenVINO.
 
     python benchmarks/openvino_peer.py [--batches 1,16] [--threads 2] [--rounds 5] [--duration 2]
-                                       [--samples 10000] [--json runs/openvino_peer.json]
+                                       [--samples 10000] [--json runs/openvino_peer.json] [--bf16]
 
 Needs `pip install 'vitdeploy[openvino]'` (OpenVINO and NNCF) and the artifacts of
 `recipes/vit_fp32.yaml`, `vit_dynamic_int8.yaml`, `vit_static_int8.yaml` and the portable
@@ -12,7 +12,11 @@ The peer: NNCF's `quantize` with `ModelType.TRANSFORMER` on the plain FP32 expor
 OpenVINO. Every row is timed in the same process over `--rounds` rounds, each time right after a fresh
 run of the NNCF peer: "vs NNCF" is the median over rounds of those back-to-back ratios; "vs ORT
 FP32" pairs each row with ONNX Runtime FP32 in the same round. Top-1 is measured on each row's
-own runtime.
+own runtime and precision.
+
+`--bf16` (CPUs with AVX-512 BF16 or AMX) adds rows on the `openvino-bf16` provider, where
+OpenVINO computes the layers left in float in bfloat16, the peer among them: those rows are
+compared with the peer at the same precision (paired by round).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from vitdeploy import bench as B
 from vitdeploy.data import DataStore, ImageSet, preprocess
 from vitdeploy.evaluate import predict_accuracy, predictor
 from vitdeploy.progress import console, progress_bar
+from vitdeploy.providers import get_provider
 from vitdeploy.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,13 +67,19 @@ def nncf_peer(fp32: Path, target: Path, samples: int = 300) -> float:
     return seconds
 
 
-def accuracy(path: Path, runtime: str, test: ImageSet) -> float:
+def accuracy(path: Path, provider: str, test: ImageSet) -> float:
     pre = load_recipe(ROOT / "recipes" / "vit_fp32.yaml").data.preprocess
-    return predict_accuracy(predictor(path, runtime), test, pre, 32, 100, f"{path.name} ({runtime})")
+    prov = get_provider(provider)
+    return predict_accuracy(predictor(path, prov.runtime, prov.precision), test, pre, 32, 100, f"{path.name} ({provider})")
 
 
-def rows(peer: Path) -> list[tuple[str, Path, str]]:
-    """(label, model, runtime) of every row of the table, baseline first."""
+def rows(peer: Path, bf16: bool) -> list[tuple[str, Path, str]]:
+    """(label, model, provider) of every row of the table, baseline first, the peer last."""
+    extra = [
+        ("OpenVINO bf16, FP32 (vit_fp32_portable)", ART / "vit_fp32_portable.onnx", "openvino-bf16"),
+        ("OpenVINO bf16, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "openvino-bf16"),
+        ("NNCF PTQ (transformer preset) -> OpenVINO bf16", peer, "openvino-bf16"),
+    ]  # fmt: skip
     return [
         ("ONNX Runtime FP32 (vit_fp32)", ART / "vit_fp32.onnx", "cpu"),
         ("ONNX Runtime dynamic INT8 (vit_dynamic_int8)", ART / "vit_dynamic_int8.onnx", "cpu"),
@@ -79,6 +90,7 @@ def rows(peer: Path) -> list[tuple[str, Path, str]]:
         ("OpenVINO, vitdeploy portable static INT8", ART / "vit_static_int8_portable.onnx", "openvino"),
         ("ONNX Runtime, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "cpu"),
         ("OpenVINO, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "openvino"),
+        *(extra if bf16 else []),
         ("NNCF PTQ (transformer preset) -> OpenVINO", peer, "openvino"),
     ]
 
@@ -91,13 +103,14 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=2.0)
     p.add_argument("--samples", type=int, default=10000, help="test images scored per row")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--bf16", action="store_true", help="add rows on openvino-bf16 (CPUs with native bfloat16)")
     args = p.parse_args()
 
     for name in RECIPES:
         ensure_built(name)
     peer = ART / "nncf_ptq_vit.onnx"
     nncf_seconds = nncf_peer(ART / "vit_fp32_portable.onnx", peer)
-    table = rows(peer)
+    table = rows(peer, args.bf16)
     batches = tuple(int(b) for b in args.batches.split(","))
     cfg = B.BenchConfig(batches=batches, threads=(args.threads,), rounds=args.rounds, duration_s=args.duration)
     cells = [c for _, path, runtime in table for c in B.onnx_cells([path], replace(cfg, providers=(runtime,)))]
@@ -108,9 +121,10 @@ def main() -> None:
     test = DataStore().load("cifar10", "test").subset(args.samples)
     with progress_bar(refresh_per_second=1) as bar:
         results = B.run_grid(cells, cfg, bar, brackets)
-    top1 = {label: accuracy(path, "openvino" if runtime == "openvino" else "onnxruntime", test) for label, path, runtime in table}
+    top1 = {label: accuracy(path, provider, test) for label, path, provider in table}
     by_cell = {(r.model, r.provider, r.batch): r for r in results}
-    report = {"environment": B.environment(replace(cfg, providers=("cpu", "openvino"))), "nncf_seconds": nncf_seconds, "rows": []}
+    providers = tuple(dict.fromkeys(provider for _, _, provider in table))
+    report = {"environment": B.environment(replace(cfg, providers=providers)), "nncf_seconds": nncf_seconds, "rows": []}
     header = "| path | top-1 | " + " | ".join(f"batch {b} img/s | vs ORT FP32 | vs NNCF" for b in batches) + " |"
     lines = [header, "|" + "---|" * (2 + 3 * len(batches))]
     for label, path, runtime in table:
@@ -118,7 +132,7 @@ def main() -> None:
         cells_md = []
         for b in batches:
             r, base = by_cell.get((path.name, runtime, b)), by_cell[(table[0][1].name, "cpu", b)]
-            nncf = by_cell.get((peer.name, "openvino", b))
+            nncf = by_cell.get((peer.name, runtime, b)) or by_cell.get((peer.name, "openvino", b))
             if r is None or r.error:
                 cells_md += ["failed", r.error if r else "missing", ""]
                 continue

@@ -19,10 +19,10 @@ from vitdeploy.bench import BenchConfig, Result, add_ratios, baseline_for, measu
 from vitdeploy.profile import CPU_PROVIDER, read_trace
 
 
-def linear_model(path: Path, batch: int | str = "N", width: int = 64) -> Path:
+def linear_model(path: Path, batch: int | str = "N", width: int = 64, size: int = 8) -> Path:
     """A real (tiny) image classifier graph: flatten, MatMul, Add."""
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((3 * 8 * 8, width)).astype(np.float32), "w")
+    w = numpy_helper.from_array(rng.standard_normal((3 * size * size, width)).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(width, np.float32), "b")
     shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
     graph = helper.make_graph(
@@ -32,7 +32,7 @@ def linear_model(path: Path, batch: int | str = "N", width: int = 64) -> Path:
             helper.make_node("Add", ["mm", "b"], ["logits"]),
         ],
         "linear",
-        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [batch, 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, width])],
         [w, b, shape],
     )
@@ -305,6 +305,10 @@ def test_bracketed_rounds_pair_each_model_with_a_baseline_run_right_before_it() 
     base, fast, slow = results
     assert fast.extra["bracket_ratios"] == [1.5] * 4 and paired_speedup(fast, base) == 1.5
     assert paired_speedup(slow, base) == 0.5
+    # the same model on another provider is another baseline: its rounds pair, the brackets do not
+    other = Result("base.onnx", "openvino", 1, None, throughput=100.0, extra={"round_series": [75.0] * 4})
+    fast.extra["round_series"] = [150.0] * 4
+    assert paired_speedup(fast, other) == 2.0
 
 
 def test_the_table_shows_and_explains_only_columns_some_row_fills() -> None:
@@ -321,3 +325,56 @@ def test_the_table_shows_and_explains_only_columns_some_row_fills() -> None:
     for empty in ("top-1", "spread", "note"):  # no accuracy, one round, no fallback: no such column
         assert empty not in header and f"{empty}:" not in words
     assert text.index("m.onnx") < text.index("m.fp32.onnx")  # fastest first
+
+
+def has_native_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_openvino_bf16_computes_in_bfloat16_where_the_cpu_has_it_and_refuses_elsewhere(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from vitdeploy.openvino_runtime import predictor
+
+    model = linear_model(tmp_path / "m.onnx", width=10)
+    r = measure(model, "openvino-bf16", 4, 1, FAST)
+    if not has_native_bf16():
+        assert r.error is not None and "no bfloat16 support" in r.error
+        return
+    assert r.error is None and r.runs == 30
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    f32, bf16 = predictor(model)(x), predictor(model, precision="bf16")(x)
+    assert not np.array_equal(f32, bf16)  # the precision reached OpenVINO: bf16 rounds the products
+    np.testing.assert_allclose(bf16, f32, rtol=0.05, atol=0.5)  # 192 products of 8-bit mantissas
+
+
+def test_each_openvino_precision_is_scored_on_its_own_and_onnx_runtime_once(tmp_path: Path, cifar10: Path) -> None:
+    pytest.importorskip("openvino")
+    from rich.progress import Progress
+
+    model = linear_model(tmp_path / "m.onnx", width=10, size=32)
+    providers = ("cpu", "openvino", "openvino-bf16") if has_native_bf16() else ("cpu", "openvino")
+    results = [Result("m.onnx", p, 1, 1, throughput=1.0) for p in providers]
+    results.append(Result("m.onnx", "cpu", 4, 1, throughput=1.0))  # same function as batch 1: not scored again
+    with Progress(disable=True) as bar:
+        bench.add_accuracy(results, [model], "cifar10:test", bar)
+        scored = sorted(t.description for t in bar.tasks)
+    assert scored == sorted(f"top-1 m.onnx ({p})" for p in providers)
+    assert all(r.top1 is not None and 0.0 <= r.top1 <= 1.0 for r in results)
+    assert results[0].top1 == results[-1].top1
+
+
+def test_provider_names_are_checked_before_anything_runs() -> None:
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+    from vitdeploy.errors import UserError
+    from vitdeploy.providers import PROVIDERS, choices_help, provider_list
+
+    assert provider_list(" cpu,openvino-bf16 ") == ("cpu", "openvino-bf16")
+    with pytest.raises(UserError, match="unknown provider 'npu'; choose from cpu, cuda, tensorrt, openvino"):
+        provider_list("cpu,npu")
+    assert all(name in choices_help() for name in PROVIDERS)
+    res = CliRunner().invoke(app, ["bench", "missing.onnx", "--provider", "openvino-fp8"])
+    assert res.exit_code != 0 and "unknown provider 'openvino-fp8'" in res.output

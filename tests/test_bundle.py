@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from vitdeploy.bundle import open_bundle, package
 from vitdeploy.cli import app
 from vitdeploy.data import DataStore
+from vitdeploy.errors import UserError
 from vitdeploy.predict import Failure, Prediction, Tally, predict, runner
 
 from .test_pipeline import teacher_recipe
@@ -122,12 +123,19 @@ def test_failures_are_reported_in_order_with_the_rest(built: Path, tmp_path: Pat
 def test_predict_on_openvino_agrees_with_onnx_runtime(built: Path) -> None:
     pytest.importorskip("openvino")
     b = open_bundle(package(built / "out" / "edge.onnx", built / "ov.bundle"))
+    import openvino as ov
+
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     tallies = {}
-    for provider in ("cpu", "openvino"):
+    for provider in ("cpu", "openvino", "openvino-bf16") if bf16 else ("cpu", "openvino"):
         tallies[provider] = Tally()
         list(predict(b, [built / "images"], runner(b, provider, 2), batch=16, tally=tallies[provider]))
-    assert tallies["openvino"].images == SAMPLES
-    assert abs(tallies["openvino"].correct - tallies["cpu"].correct) <= 2
+    for provider, tally in tallies.items():
+        assert tally.images == SAMPLES
+        assert abs(tally.correct - tallies["cpu"].correct) <= 2, provider
+    if not bf16:
+        with pytest.raises(UserError, match="no bfloat16 support"):
+            runner(b, "openvino-bf16", 2)
 
 
 def test_package_cli_benchmarks_into_the_bundle(built: Path) -> None:

@@ -40,10 +40,8 @@ from vitdeploy.graph import load_checked, read_preprocess, weight_stats
 from vitdeploy.openvino_runtime import cpu_isa
 from vitdeploy.openvino_runtime import version as openvino_version
 from vitdeploy.profile import OpProfile, read_trace
-from vitdeploy.sessions import PROVIDERS, session_options
-
-# Runtimes other than ONNX Runtime, timed the same way (vitdeploy.openvino_runtime).
-OTHER_RUNTIMES = ("openvino",)
+from vitdeploy.providers import PROVIDERS, get_provider
+from vitdeploy.sessions import session_options
 
 
 @dataclass(frozen=True)
@@ -236,7 +234,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 def provider_entry(provider: str, cfg: BenchConfig) -> str | tuple[str, dict[str, str]]:
     """The providers= entry for one provider, with the options this config asks for."""
-    ep = PROVIDERS[provider]
+    ep = get_provider(provider).execution_provider
     if provider == "cuda" and cfg.cuda_graph:
         return ep, {"enable_cuda_graph": "1"}
     return ep
@@ -255,9 +253,7 @@ def preload_gpu_libraries() -> None:
 
 
 def open_session(path: Path, provider: str, threads: int | None, cfg: BenchConfig, profile_prefix: str | None = None):
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider '{provider}'; choose from {', '.join([*PROVIDERS, *OTHER_RUNTIMES])}")
-    ep = PROVIDERS[provider]
+    ep = get_provider(provider).execution_provider
     if ep not in ort.get_available_providers():
         raise RuntimeError(f"{ep} is not available in this onnxruntime ({ort.__version__}); skipped")
     if provider != "cpu":
@@ -281,15 +277,16 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
             run, handle = open_runner(path, provider, batch, threads, cfg)
             result.session_create_s = time.perf_counter() - t0
             result.time_runner(run, cfg)
-            if provider not in ("cpu", *OTHER_RUNTIMES):
+            if get_provider(provider).on_gpu:
                 result.peak_device_mb = device_memory_mb()
         result.peak_rss_mb, result.model_rss_mb = rss.peak_mb, rss.added_mb
         del run, handle
-        if provider in PROVIDERS and (provider != "cpu" or cfg.profile_dir):
+        ep = get_provider(provider).execution_provider
+        if ep and (provider != "cpu" or cfg.profile_dir):
             # A separate short session: profiling slows the runs it records.
             profile = profile_cell(path, provider, batch, threads, cfg)
             result.nodes_on_cpu = len(profile.cpu_nodes)
-            result.note = profile.fallback_note(PROVIDERS[provider])
+            result.note = profile.fallback_note(ep)
             if cfg.profile_dir:
                 result.extra["profile"] = profile.as_dict()
     except Exception as e:  # per-model report: the other models are still measured
@@ -302,14 +299,15 @@ def open_runner(
 ) -> tuple[Callable[[], object], object]:
     """A zero-argument callable doing one inference on random input, and the session behind it."""
     rng = np.random.default_rng(cfg.seed)
-    if provider == "openvino":
+    prov = get_provider(provider)
+    if prov.runtime == "openvino":
         from vitdeploy import openvino_runtime as ovr
 
         reason = ovr.missing_reason()
         if reason:
             raise RuntimeError(f"{reason}; skipped")
         try:
-            compiled = ovr.compile_model(path, batch, threads)
+            compiled = ovr.compile_model(path, batch, threads, prov.precision)
         except Exception as e:  # OpenVINO's own message: an operator it cannot read, say
             raise RuntimeError(f"OpenVINO cannot run this model: {str(e).strip().splitlines()[-1][:200]}") from None
         shape = [batch, *list(compiled.inputs[0].get_shape())[1:]]
@@ -400,13 +398,18 @@ def add_ratios(results: list[Result], explicit_baseline: str | None) -> None:
                 r.extra["size_ratio"] = r.file_bytes / base.file_bytes
 
 
+def cell_name(r: Result) -> str:
+    """One cell of the grid, by name: model, provider, batch and threads."""
+    return f"{r.model} {r.provider} b{r.batch} t{r.threads or 'default'}"
+
+
 def paired_speedup(result: Result, base: Result) -> float | None:
     """Median over rounds of this round's throughput / the baseline's in the same round.
 
     Cells of one round run back to back, so a machine that drifts over minutes (a shared VM)
     slows both sides of each pair alike; the ratio of overall medians would not cancel that.
     """
-    if result.extra.get("bracket_ratios") and result.extra.get("bracket_baseline") == base.model:
+    if result.extra.get("bracket_ratios") and result.extra.get("bracket_baseline") == cell_name(base):
         # measured right after its baseline, every round (run_grid's `baselines`)
         return statistics.median(result.extra["bracket_ratios"])
     pairs = [
@@ -416,6 +419,7 @@ def paired_speedup(result: Result, base: Result) -> float | None:
 
 
 def environment(cfg: BenchConfig) -> dict:
+    known = [PROVIDERS[p] for p in cfg.providers if p in PROVIDERS]
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -430,7 +434,7 @@ def environment(cfg: BenchConfig) -> dict:
         "physical_cores": psutil.cpu_count(logical=False),
         "cpu_isa": cpu_isa(),
         "onnxruntime": ort.__version__,
-        "openvino": openvino_version() if "openvino" in cfg.providers else None,
+        "openvino": openvino_version() if any(p.runtime == "openvino" for p in known) else None,
         "available_providers": ort.get_available_providers(),
         "python": platform.python_version(),
         "graph_optimization_level": "ORT_ENABLE_ALL",
@@ -438,7 +442,7 @@ def environment(cfg: BenchConfig) -> dict:
         "inter_op_threads": 1,
         "cpu_mem_arena": True,
         "throughput": "batch / median latency" + (f"; median of {cfg.rounds} round-robin rounds" if cfg.rounds > 1 else ""),
-        "provider_options": {p: provider_options(p, cfg) for p in cfg.providers if p in PROVIDERS},
+        "provider_options": {p.name: provider_options(p.name, cfg) for p in known if p.execution_provider},
         "gpu": gpu_name(),
         "config": asdict(cfg) | {"profile_dir": str(cfg.profile_dir) if cfg.profile_dir else None},
     }
@@ -512,7 +516,7 @@ def run_grid(cells: list[Cell], cfg: BenchConfig, bar: Progress, baselines: dict
             rounds[i].append(result)
             if i in baselines and not (result.error or base.error) and base.throughput:
                 result.extra["bracket_ratio"] = result.throughput / base.throughput
-                result.extra["bracket_baseline"] = base.model
+                result.extra["bracket_baseline"] = cell_name(base)
             bar.advance(task)
     return [median_round(cell_rounds) for cell_rounds in rounds]
 
@@ -555,19 +559,19 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
     else:
         folder = Path(data)
         images = decode_imagefolder(folder.parent, {folder.name})[folder.name]
-    # ONNX Runtime's providers compute the same function: score once on the CPU. Another
-    # runtime (OpenVINO) runs its own kernels and fusions, so it is scored separately.
-    runtimes = sorted({"openvino" if r.provider == "openvino" else "onnxruntime" for r in results})
+    # ONNX Runtime's providers compute the same function: scored once, on the CPU. OpenVINO
+    # runs its own kernels and fusions, at its own precision: each of its providers is scored.
+    scorers = sorted({get_provider(r.provider).scored_on for r in results}, key=lambda p: p.name)
     for path in paths:
-        for runtime in runtimes:
-            rows = [r for r in results if r.model == path.name and (r.provider == "openvino") == (runtime == "openvino")]
+        for scorer in scorers:
+            rows = [r for r in results if r.model == path.name and get_provider(r.provider).scored_on == scorer]
             if not rows or all(r.error for r in rows):
                 continue
             try:
                 pre, size = read_preprocess(onnx.load(str(path), load_external_data=False))
-                predict = predictor(path, runtime)
+                predict = predictor(path, scorer.runtime, scorer.precision)
                 correct = 0
-                task = bar.add_task(f"top-1 {path.name} ({runtime})", total=len(images))
+                task = bar.add_task(f"top-1 {path.name} ({scorer.name})", total=len(images))
                 for x, y in batches(images, batch_size):
                     correct += int((predict(preprocess(x, pre, size)).argmax(1) == y).sum())
                     bar.advance(task, len(y))

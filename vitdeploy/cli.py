@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitdeploy.errors import BuildError, UserError
+from vitdeploy.providers import choices_help, provider_list
 
 # Plain click help: rich's boxed panels wrap option descriptions badly at 80 columns.
 app = typer.Typer(
@@ -202,9 +203,7 @@ def _expand(models: list[str]) -> list[Path]:
 @user_errors
 def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files or globs")],
-    provider: Annotated[
-        str, typer.Option(help="comma list of cpu, cuda, tensorrt (ONNX Runtime), openvino (OpenVINO CPU)")
-    ] = "cpu",
+    provider: Annotated[str, typer.Option(help=f"comma list of {choices_help()}")] = "cpu",
     batch: Annotated[str, typer.Option(help="comma list of batch sizes")] = "1",
     threads: Annotated[str, typer.Option(help="intra-op threads: N, a comma list, or 'sweep' (1, 2, all)")] = "",
     warmup: Annotated[int, typer.Option(min=0)] = 10,
@@ -243,7 +242,7 @@ def bench(
     if not paths:
         raise UserError(f"no model matches {' '.join(models)}")
     cfg = B.BenchConfig(
-        providers=tuple(p.strip() for p in provider.split(",")), batches=batches, threads=thread_list,
+        providers=provider_list(provider), batches=batches, threads=thread_list,
         warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, rounds=rounds,
         include_copies=include_copies, cuda_graph=cuda_graph, profile_dir=profile,
     )  # fmt: skip
@@ -357,7 +356,9 @@ def package(
     ort_format: Annotated[
         bool, typer.Option("--ort-format", help="add the ORT-format model and the operator config for reduced builds")
     ] = False,
-    bench: Annotated[str, typer.Option(help="providers to benchmark into bundle.json (comma list); 'none' to skip")] = "cpu",
+    bench: Annotated[
+        str, typer.Option(help=f"providers benchmarked into bundle.json (comma list of {choices_help()}); 'none' to skip")
+    ] = "cpu",
     batch: Annotated[str, typer.Option(help="batch sizes benchmarked")] = "1,16",
     threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads for the benchmark")] = None,
     duration: Annotated[float, typer.Option(help="seconds of timed runs per benchmark cell")] = 2.0,
@@ -390,7 +391,7 @@ def _bundle_benchmarks(model: Path, providers: str, batch: str, threads: int | N
         batches = tuple(int(b) for b in batch.split(","))
     except ValueError:
         raise UserError(f"--batch {batch!r}: expected a comma list of integers") from None
-    cfg = B.BenchConfig(providers=tuple(p.strip() for p in providers.split(",")), batches=batches, threads=(threads,),
+    cfg = B.BenchConfig(providers=provider_list(providers), batches=batches, threads=(threads,),
                         duration_s=duration, min_iters=20)  # fmt: skip
     with progress_bar(refresh_per_second=1) as bar:
         results = B.run_grid(B.onnx_cells([model], cfg), cfg, bar)
@@ -407,7 +408,7 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="image files and folders (walked recursively)")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="labels shown per image")] = 3,
     batch: Annotated[int, typer.Option(min=1, help="images per inference call")] = 16,
-    provider: Annotated[str, typer.Option(help="cpu, cuda, tensorrt (ONNX Runtime) or openvino")] = "cpu",
+    provider: Annotated[str, typer.Option(help=f"one of {choices_help()}")] = "cpu",
     threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads (default: the runtime's)")] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="one JSON object per image (JSON Lines)")] = False,
     csv_rows: Annotated[bool, typer.Option("--csv", help="CSV with a header row")] = False,

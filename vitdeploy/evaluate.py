@@ -28,8 +28,9 @@ def onnx_logits(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return session.run(None, {inp: x})[0]
 
 
-def predictor(path: Path, runtime: str = "onnxruntime") -> Predict:
-    """Logits of an ONNX file on a runtime: ONNX Runtime's CPU provider, or OpenVINO's CPU runtime."""
+def predictor(path: Path, runtime: str = "onnxruntime", precision: str = "f32") -> Predict:
+    """Logits of an ONNX file on a runtime: ONNX Runtime's CPU provider, or OpenVINO's CPU runtime
+    (computing the layers left in float at `precision`)."""
     if runtime == "openvino":
         from vitdeploy.openvino_runtime import missing_reason
         from vitdeploy.openvino_runtime import predictor as openvino_predictor
@@ -37,7 +38,7 @@ def predictor(path: Path, runtime: str = "onnxruntime") -> Predict:
         reason = missing_reason()
         if reason:
             raise UserError(f"runtime openvino: {reason}")
-        return openvino_predictor(path)
+        return openvino_predictor(path, precision=precision)
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -35,32 +35,43 @@ def version() -> str | None:
     return ov.get_version()
 
 
-def _config(threads: int | None, latency: bool) -> dict[str, object]:
+def _config(threads: int | None, latency: bool, precision: str) -> dict[str, object]:
     import openvino.properties as props
     import openvino.properties.hint as hints
 
     config: dict[str, object] = {
         # One request at a time, as ONNX Runtime's sequential session runs: latency mode.
         hints.performance_mode: hints.PerformanceMode.LATENCY if latency else hints.PerformanceMode.THROUGHPUT,
-        # FP32 math unless the artifact itself is quantized: no silent bf16 on CPUs that have it.
-        hints.inference_precision: "f32",
+        # Asked for, never OpenVINO's choice: left alone it picks bf16 on CPUs that have it.
+        hints.inference_precision: precision,
     }
     if threads:
         config[props.inference_num_threads] = threads
     return config
 
 
-def compile_model(path: Path, batch: int | None, threads: int | None):
-    """A compiled OpenVINO model of `path` on the CPU, its batch fixed to `batch` (None: dynamic)."""
+def _check_precision(core, precision: str) -> None:
+    """bf16 only where the CPU computes it: OpenVINO would otherwise pick for itself."""
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise RuntimeError("this CPU has no bfloat16 support (AVX-512 BF16 or AMX); use the float32 provider")
+
+
+def compile_model(path: Path, batch: int | None, threads: int | None, precision: str = "f32"):
+    """A compiled OpenVINO model of `path` on the CPU, its batch fixed to `batch` (None: dynamic).
+
+    `precision` is the inference precision of the layers the artifact leaves in float: f32, or
+    bf16 on CPUs with native bfloat16 (RuntimeError elsewhere).
+    """
     import openvino as ov
 
     core = ov.Core()
+    _check_precision(core, precision)
     model = core.read_model(str(path))
     if batch is not None:
         shape = list(model.inputs[0].get_partial_shape())
         shape[0] = batch
         model.reshape({model.inputs[0]: ov.PartialShape(shape)})
-    return core.compile_model(model, "CPU", _config(threads, latency=True))
+    return core.compile_model(model, "CPU", _config(threads, latency=True, precision=precision))
 
 
 def runner(compiled, x: np.ndarray) -> Callable[[], object]:
@@ -76,9 +87,9 @@ def runner(compiled, x: np.ndarray) -> Callable[[], object]:
     return run
 
 
-def predictor(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def predictor(path: Path, threads: int | None = None, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
     """x (N, 3, H, W) float32 -> logits, any batch size (dynamic batch)."""
-    compiled = compile_model(path, None, threads)
+    compiled = compile_model(path, None, threads, precision)
     request = compiled.create_infer_request()
 
     def predict(x: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 
 from vitdeploy.bundle import Bundle
 from vitdeploy.errors import UserError
+from vitdeploy.providers import get_provider
 from vitdeploy.reader import Failure, batches_from
-from vitdeploy.sessions import PROVIDERS
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -51,21 +51,23 @@ def runner(bundle: Bundle, provider: str, threads: int | None) -> Runner:
     expected = bundle.manifest["model"].get("input", {})
     if expected.get("dtype", "float32") != "float32":
         raise UserError(f"{bundle.model.name}: input type {expected['dtype']} is not float32; predict feeds float32 images")
-    if provider == "openvino":
+    prov = get_provider(provider)
+    if prov.runtime == "openvino":
         from vitdeploy.openvino_runtime import missing_reason
         from vitdeploy.openvino_runtime import predictor as openvino_predictor
 
         reason = missing_reason()
         if reason:
-            raise UserError(f"--provider openvino: {reason}")
-        return openvino_predictor(bundle.model, threads)
-    if provider not in PROVIDERS:
-        raise UserError(f"--provider {provider}: choose from {', '.join([*PROVIDERS, 'openvino'])}")
+            raise UserError(f"--provider {provider}: {reason}")
+        try:
+            return openvino_predictor(bundle.model, threads, prov.precision)
+        except RuntimeError as err:  # OpenVINO's own message: an operator it cannot read, say
+            raise UserError(f"--provider {provider}: {str(err).strip().splitlines()[-1][:200]}") from None
     import onnxruntime as ort
 
     from vitdeploy.sessions import session_options
 
-    ep = PROVIDERS[provider]
+    ep = prov.execution_provider
     if ep not in ort.get_available_providers():
         raise UserError(f"--provider {provider}: {ep} is not available in this onnxruntime ({ort.__version__})")
     try:

@@ -1,16 +1,9 @@
-"""ONNX Runtime sessions as vitdeploy runs them: the providers by short name and one set of
-session options, shared by `bench` and `predict` so a prediction runs the way it was timed.
-Imports only onnxruntime."""
+"""ONNX Runtime sessions as vitdeploy runs them: one set of session options, shared by `bench`
+and `predict` so a prediction runs the way it was timed. Imports only onnxruntime."""
 
 from __future__ import annotations
 
 import onnxruntime as ort
-
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 
 
 def session_options(threads: int | None, profile_prefix: str | None = None) -> ort.SessionOptions:
