@@ -397,7 +397,7 @@ GENERATED: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "predict_decompression_bomb": (predict_bomb, r"skipped imgs/bomb.png: .*over the 50,000,000-pixel limit"),
     "predict_input_shape_mismatch": (predict_wrong_size, r"model.onnx: input shape .* does not take 3x16x16 images"),
     "predict_input_type_mismatch": (predict_wrong_input_type, r"model.onnx: input type uint8 is not float32"),
-    "predict_unknown_provider": (predict_unknown_provider, r"--provider npu: choose from"),
+    "predict_unknown_provider": (predict_unknown_provider, r"unknown provider .npu.; choose from cpu, .*openvino"),
 }
 
 
