@@ -16,9 +16,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors import safe_open
@@ -101,6 +103,18 @@ def assert_consistent(folder: Path, clean_exit: bool) -> None:
         assert not [p for p in out.rglob("*.tmp")]
 
 
+@pytest.fixture
+def ctrl_c_reaches_builds() -> Iterator[None]:
+    """A test run started as a background job ignores Ctrl-C, and the builds it starts would
+    inherit that; a handler here instead becomes the default disposition in them."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_reaches_builds")
 def test_builds_killed_at_random_points_resume_to_identical_outputs(cifar10: Path, tmp_path: Path) -> None:
     t0 = time.perf_counter()
     proc = start_build(tmp_path / "reference")
@@ -134,9 +148,13 @@ def test_builds_killed_at_random_points_resume_to_identical_outputs(cifar10: Pat
     def trial(i: int) -> tuple[int, str, float]:
         folder = tmp_path / f"trial{i}"
         sig, delay = SIGNALS[i % len(SIGNALS)], delays[i]
-        while not interrupt(folder, sig, delay):  # finished before the signal: an earlier point
-            shutil.rmtree(folder)
+        for _ in range(12):
+            if interrupt(folder, sig, delay):
+                break
+            shutil.rmtree(folder)  # finished before the signal: an earlier point
             delay /= 2
+        else:
+            raise AssertionError(f"trial {i}: {sig.name} never stopped a build")
         assert_consistent(folder, clean_exit=sig != signal.SIGKILL)
         assert finish(folder) == reference, f"trial {i}: resumed build differs"
         return i, sig.name, delay

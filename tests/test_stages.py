@@ -116,3 +116,36 @@ def test_options_added_later_change_the_key_only_when_set(cifar10: Path, tmp_pat
     at_default = parse_recipe(recipe_dict(tmp_path, [prune | {"remove_blocks": 0}]))
     assert stage_key(at_default, 0) == stage_key(plain, 0)
     assert stage_key(parse_recipe(recipe_dict(tmp_path, [prune | {"remove_blocks": 1}])), 0) != stage_key(plain, 0)
+
+
+def test_a_time_budget_shrinks_the_run_and_its_schedule_to_fit(cifar10: Path, tmp_path: Path) -> None:
+    finetune = {"stage": "finetune", "epochs": 40, "train_samples": 64, "batch_size": 16, "eval_samples": 20,
+                "warmup_epochs": 2, "lr": 1e-3, "min_lr": 1e-5}  # fmt: skip
+    # A budget far below one epoch: the epoch that ran is all that fits.
+    recipe = parse_recipe(recipe_dict(tmp_path, [finetune | {"max_minutes": 1e-6}]))
+    _, reports = run_stages(recipe, torch.device("cpu"))
+    report = reports[0]["report"]
+    assert report["epochs_run"] == 1 and report["max_minutes"] == 1e-6 and len(report["epochs"]) == 1
+    # the saved schedule shrank with it (4 steps an epoch): a resumed run keeps the plan
+    (state_file,) = tmp_path.rglob("last.pt")
+    state = torch.load(state_file, weights_only=True)
+    assert all(group == {"total": 4, "warmup": 0, "floor": 0.01} for group in state["scheduler"]["lr_lambdas"])
+    assert json.loads(state["progress"])["planned_epochs"] == 1
+    # at its default the option leaves the key alone; set, it changes it
+    plain = parse_recipe(recipe_dict(tmp_path, [finetune]))
+    assert "max_minutes" not in plain.stages[0].cache_json() and stage_key(plain, 0) != stage_key(recipe, 0)
+
+
+def test_a_shrunk_schedule_ends_where_the_shorter_run_does() -> None:
+    from vitdeploy.stages.loop import WarmupCosine
+
+    schedule = WarmupCosine(total=40 * 4, warmup=2 * 4, floor=0.01)
+    schedule.shrink(3 / 40)  # three of forty epochs fit
+    assert (schedule.total, schedule.warmup) == (12, 1)
+    assert schedule(0) == 1.0 and schedule(6) < 0.6 and schedule(11) < 0.05 and schedule(12) == 0.01
+
+
+def test_epochs_within_a_budget() -> None:
+    from vitdeploy.stages.loop import epochs_within
+
+    assert epochs_within(600, 59, 200) == 10 and epochs_within(600, 1, 200) == 200 and epochs_within(1, 60, 200) == 1

@@ -122,7 +122,14 @@ class DataSpec(Section):
 class TrainingConfig(Section):
     """What every training stage shares: the schedule, augmentation and device settings."""
 
+    added_options: ClassVar[frozenset[str]] = frozenset({"max_minutes"})
     epochs: int = Field(10, gt=0, description="passes over the training images")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock budget (training and held-out scoring): after the first epoch the epoch count, "
+        "and the whole LR schedule with it, shrinks to what fits; none: always `epochs`",
+    )
     batch_size: int = Field(128, gt=0, description="global batch; split across processes under torchrun")
     lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate (after warmup)")
     min_lr: float = Field(1e-5, ge=0, description="end of the cosine decay")

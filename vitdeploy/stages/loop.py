@@ -99,6 +99,26 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class WarmupCosine:
+    """`warmup_cosine` as an object: LambdaLR saves its attributes with the scheduler's state,
+    so a schedule shrunk to a time budget (`shrink`) is restored with a resumed run."""
+
+    def __init__(self, total: int, warmup: int, floor: float) -> None:
+        self.total, self.warmup, self.floor = total, warmup, floor
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.total, self.warmup, self.floor)
+
+    def shrink(self, fraction: float) -> None:
+        """The same schedule over `fraction` of its steps, warmup included."""
+        self.total, self.warmup = max(1, round(self.total * fraction)), round(self.warmup * fraction)
+
+
+def epochs_within(budget_s: float, first_epoch_s: float, epochs: int) -> int:
+    """How many epochs fit in `budget_s` at the first epoch's pace: at least the one that ran."""
+    return max(1, min(epochs, math.floor(budget_s / max(first_epoch_s, 1e-9))))
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -149,6 +169,7 @@ class Progress:
 
     epoch: int = 0
     step: int = 0
+    planned_epochs: int | None = None  # set after the first epoch when a time budget applies
     order: torch.Tensor | None = None
     loss_sum: float = 0.0
     correct: int = 0
@@ -275,7 +296,7 @@ def start_run(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn:
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     floor = cfg.min_lr / cfg.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, floor))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, warmup, floor))
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
     images = torch.from_numpy(train_set.images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
@@ -308,19 +329,23 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
     progress = progress or Progress()
     started = time.perf_counter()
     with progress_bar() as bar:
-        while progress.epoch < cfg.epochs:
-            epoch = progress.epoch
-            run.epoch(progress, bar, bar.add_task(f"{name} epoch {epoch + 1}/{cfg.epochs}", total=len(train_set)))
+        while progress.epoch < (progress.planned_epochs or cfg.epochs):
+            epoch, planned = progress.epoch, progress.planned_epochs or cfg.epochs
+            run.epoch(progress, bar, bar.add_task(f"{name} epoch {epoch + 1}/{planned}", total=len(train_set)))
             record = finish_epoch(model, held_out, ctx.recipe.data.preprocess, run.device, run.scheduler, progress)
             if run.rank == 0:
                 console.print(
                     f"{name} epoch {epoch + 1}: loss {record['train_loss']:.3f}, train {record['train_acc']:.1%}, "
                     f"held-out {record['eval_acc']:.2%} on {len(held_out)} images, {record['seconds']:.0f} s"
                 )
+            if cfg.max_minutes and progress.planned_epochs is None:
+                plan_to_budget(run, progress, record, name)
             run.save(progress)
     model.eval()
     return {
         "epochs": progress.history,
+        "epochs_run": len(progress.history),
+        **({"max_minutes": cfg.max_minutes} if cfg.max_minutes else {}),
         "train_images": len(train_set),
         "held_out_images": len(held_out),
         "device": str(run.device),
@@ -328,6 +353,22 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
         "seconds": round(time.perf_counter() - started, 2),
         "seconds_all_epochs": round(sum(r["seconds"] for r in progress.history), 2),
     }
+
+
+def plan_to_budget(run: Run, progress: Progress, first: dict[str, Any], name: str) -> None:
+    """After the first epoch: as many epochs as fit in `max_minutes` at its pace, the schedule
+    shrunk to match, so the run ends where its learning rate does."""
+    cfg = run.cfg
+    epochs = epochs_within(cfg.max_minutes * 60, first["seconds"] + first["eval_seconds"], cfg.epochs)
+    if run.world > 1:  # every process must stop after the same epoch: rank 0's clock decides
+        decided = torch.tensor([epochs], device=run.device)
+        dist.broadcast(decided, src=0)
+        epochs = int(decided.item())
+    progress.planned_epochs = epochs
+    if epochs < cfg.epochs:
+        run.scheduler.lr_lambdas[0].shrink(epochs / cfg.epochs)
+        if run.rank == 0:
+            console.print(f"[cyan]{name}: {epochs} of {cfg.epochs} epochs fit in max_minutes {cfg.max_minutes:g}")
 
 
 def optimize(model: nn.Module, loss: torch.Tensor, optimizer, scheduler, scaler, grad_clip: float | None) -> None:
@@ -344,13 +385,16 @@ def optimize(model: nn.Module, loss: torch.Tensor, optimizer, scheduler, scaler,
 
 def finish_epoch(model, held_out, pre, device, scheduler, progress: Progress) -> dict[str, Any]:
     """Score the epoch, append it to the history and move `progress` to the next epoch."""
+    t0 = time.perf_counter()
+    eval_acc = torch_accuracy(model, held_out, pre, device, batch_size=256, label=None)
     record = {
         "epoch": progress.epoch + 1,
         "train_loss": progress.loss_sum / progress.seen,
         "train_acc": progress.correct / progress.seen,
-        "eval_acc": torch_accuracy(model, held_out, pre, device, batch_size=256, label=None),
+        "eval_acc": eval_acc,
         "lr": scheduler.get_last_lr()[0],
         "seconds": round(progress.epoch_seconds, 2),
+        "eval_seconds": round(time.perf_counter() - t0, 2),
     }
     progress.history.append(record)
     progress.epoch, progress.step, progress.order = progress.epoch + 1, 0, None
