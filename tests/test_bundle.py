@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -147,3 +148,35 @@ def test_package_cli_benchmarks_into_the_bundle(built: Path) -> None:
     (figure,) = record["benchmarks"]
     assert figure["provider"] == "cpu" and figure["batch"] == 1 and figure["throughput"] > 0 and figure["latency_p50_ms"] > 0
     assert record["benchmark_environment"]["cpu_isa"] and record["benchmark_environment"]["onnxruntime"]
+
+
+def test_the_fp32_export_is_packaged_with_its_own_accuracy_and_a_changed_file_is_refused(built: Path) -> None:
+    manifest = json.loads((built / "out" / "edge.json").read_text())
+    b = open_bundle(package(built / "out" / "edge.fp32.onnx", built / "fp32.bundle"))
+    assert b.manifest["accuracy"]["top1"] == manifest["evaluate"]["top1"]["onnx_fp32"]
+    assert b.manifest["quantization"] is None and b.manifest["accuracy"]["per_runtime"] == {}
+    q = open_bundle(package(built / "out" / "edge.onnx", built / "int8.bundle")).manifest["quantization"]
+    assert q["mode"] == "static" and q["weight_type"] == "int8" and q["reduce_range"] == manifest["quantize"]["reduce_range"]
+    changed = built / "changed"
+    changed.mkdir()
+    shutil.copy(built / "out" / "edge.json", changed / "edge.json")
+    data = bytearray((built / "out" / "edge.onnx").read_bytes())
+    data[-1] ^= 1
+    (changed / "edge.onnx").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="changed since it was built"):
+        package(changed / "edge.onnx", changed / "x.bundle")
+    assert not (changed / "x.bundle").exists()
+
+
+def test_int8_saturation_risk_is_named_only_where_it_exists() -> None:
+    from vitdeploy.predict import int8_saturation_risk
+
+    u8s8 = {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False}
+    avx2 = {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False}
+    assert "no VNNI" in int8_saturation_risk(u8s8, avx2)
+    assert int8_saturation_risk(u8s8, avx2 | {"avx512_vnni": True}) is None
+    assert int8_saturation_risk(u8s8, avx2 | {"avx_vnni": True}) is None
+    assert int8_saturation_risk(u8s8 | {"reduce_range": True}, avx2) is None
+    assert int8_saturation_risk(u8s8 | {"activation_type": "int8"}, avx2) is None
+    assert int8_saturation_risk(None, avx2) is None  # FP32
+    assert int8_saturation_risk(u8s8, {}) is None  # not x86: other kernels

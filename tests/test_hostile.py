@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from vitdeploy.bundle import package
 from vitdeploy.cli import app
+from vitdeploy.storage import sha256_file
 
 HOSTILE = Path(__file__).parent / "hostile"
 RECIPE_CASES = sorted(HOSTILE.glob("*.yaml"))
@@ -243,6 +244,7 @@ def build_outputs(folder: Path, img_size: int = 8, **kw) -> Path:
         "name": "m",
         "preprocess": pre | {"classes": [f"c{i}" for i in range(10)]},
         "evaluate": {"top1": {"onnx_fp32": 0.1}},
+        "artifacts": {"onnx": {"file": "m.onnx", "sha256": sha256_file(model)}},
     }
     (folder / "art" / "m.json").write_text(json.dumps(manifest))
     return model

@@ -122,6 +122,7 @@ def package(
 ) -> Path:
     """Write a bundle for a built artifact to `out` (a folder, or a file ending in .tar.gz)."""
     manifest, manifest_path = build_manifest_for(model)
+    role = artifact_role(manifest, model)
     facts = graph_facts(model)
     classes = manifest["preprocess"].get("classes") or []
     if not classes:
@@ -138,7 +139,7 @@ def package(
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
         (staging / "preprocess.json").write_text(json.dumps(preprocess_file(manifest, facts), indent=2) + "\n")
         extra = convert_to_ort(staging / "model.onnx", staging) if ort_format else {}
-        record = bundle_record(manifest, facts, staging, extra, benchmarks or [], bench_environment)
+        record = bundle_record(manifest, role, facts, staging, extra, benchmarks or [], bench_environment)
         (staging / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
         publish_bundle(staging, out, archive)
     finally:
@@ -146,8 +147,29 @@ def package(
     return out
 
 
+def artifact_role(manifest: dict[str, Any], model: Path) -> str:
+    """Which of the build's outputs `model` is ("onnx": the recipe's artifact, "fp32_onnx": the
+    FP32 export beside an INT8 one), checked against the hash the build recorded."""
+    for role, record in (manifest.get("artifacts") or {}).items():
+        if record.get("file") == model.name:
+            if sha256_file(model) != record.get("sha256"):
+                raise UserError(f"{model}: changed since it was built (its sha256 is not the manifest's); rebuild it")
+            return role
+    raise UserError(f"{model}: the build manifest beside it does not list this file")
+
+
+def quantization_record(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """How the artifact's INT8 was made, as far as a device needs to know (None: not quantized)."""
+    q = manifest.get("quantize") or {}
+    if q.get("mode", "none") == "none":
+        return None
+    keys = ("mode", "format", "activation_type", "weight_type", "per_channel", "reduce_range", "reduce_range_reason")
+    return {k: q.get(k) for k in keys}
+
+
 def bundle_record(
     manifest: dict[str, Any],
+    role: str,
     facts: dict[str, Any],
     folder: Path,
     ort_info: dict[str, Any],
@@ -160,7 +182,8 @@ def bundle_record(
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST
     }
     top1 = manifest["evaluate"]["top1"]
-    final = top1.get("onnx_int8", top1.get("onnx_fp32"))
+    final = role == "onnx"  # the recipe's artifact; else the FP32 export beside it
+    accuracy = top1.get("onnx_int8", top1.get("onnx_fp32")) if final else top1.get("onnx_fp32")
     return {
         "format": BUNDLE_FORMAT,
         "name": manifest.get("name"),
@@ -169,11 +192,12 @@ def bundle_record(
         "model": {"file": "model.onnx", **facts},
         "ort_format": ort_info or None,
         "accuracy": {
-            "top1": final,
+            "top1": accuracy,
             "split": manifest["evaluate"].get("split"),
             "images": manifest["evaluate"].get("images"),
-            "per_runtime": {k: v.get("top1") for k, v in (manifest.get("runtimes") or {}).items()},
+            "per_runtime": {k: v.get("top1") for k, v in (manifest.get("runtimes") or {}).items()} if final else {},
         },
+        "quantization": quantization_record(manifest) if final else None,
         "recipe_sha256": (manifest.get("recipe") or {}).get("sha256"),
         "architecture": (manifest.get("model") or {}).get("architecture"),
         "benchmarks": benchmarks,

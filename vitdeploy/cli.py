@@ -428,6 +428,12 @@ def predict(
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bundle-") as scratch:
         opened = B.open_bundle(bundle, Path(scratch))
         run = P.runner(opened, provider, threads)
+        if provider == "cpu":
+            from vitdeploy.openvino_runtime import cpu_isa
+
+            risk = P.int8_saturation_risk(opened.manifest.get("quantization"), cpu_isa())
+            if risk:
+                err.print(f"[yellow]warning:[/] {risk}", highlight=False)
         tally = P.Tally()
         fmt = "json" if json_lines else "csv" if csv_rows else "text"
         with result_writer(output, fmt, top_k) as write, progress_bar(refresh_per_second=2) as bar:

@@ -83,6 +83,26 @@ def runner(bundle: Bundle, provider: str, threads: int | None) -> Runner:
     return lambda x: session.run(None, {name: x})[0]
 
 
+def int8_saturation_risk(quantization: dict | None, isa: dict[str, bool]) -> str | None:
+    """Why ONNX Runtime's INT8 kernels may lose accuracy on this CPU, or None.
+
+    Without VNNI, ONNX Runtime's x86 kernels multiply uint8 activations by int8 weights with
+    an instruction that saturates pairs of products at 16 bits; weights kept to 7 bits
+    (`reduce_range`) or signed activations avoid it. A build decides this for its own CPU.
+    """
+    if not quantization or not isa.get("avx2"):  # not quantized, or not an x86 CPU
+        return None
+    if (quantization.get("activation_type"), quantization.get("weight_type")) != ("uint8", "int8"):
+        return None
+    if quantization.get("reduce_range") or any(isa.get(k) for k in ("avx512_vnni", "avx_vnni", "amx_int8")):
+        return None
+    return (
+        "this CPU has no VNNI and the model's INT8 weights use the full 8-bit range: ONNX Runtime's "
+        "uint8 x int8 products may saturate here; check top-1 on this CPU, or rebuild with "
+        "quantize.reduce_range: true"
+    )
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
