@@ -378,3 +378,24 @@ def test_provider_names_are_checked_before_anything_runs() -> None:
     assert all(name in choices_help() for name in PROVIDERS)
     res = CliRunner().invoke(app, ["bench", "missing.onnx", "--provider", "openvino-fp8"])
     assert res.exit_code != 0 and "unknown provider 'openvino-fp8'" in res.output
+
+
+def test_at_a_terminals_width_the_table_drops_the_least_telling_columns_and_says_so() -> None:
+    from rich.console import Console
+
+    cells = [
+        Result(f"model_{i}.onnx", "cpu", 16, 2, throughput=1000.0 * (i + 1), latency_p50_ms=6.5, latency_p99_ms=7.5,
+               runs=150, file_bytes=1_960_000, int8_share=0.99, model_rss_mb=17, top1=0.7787,
+               extra={"speedup": 1.0 + i, "size_ratio": 0.27})
+        for i in range(2)
+    ]  # fmt: skip
+    wide, narrow = Console(width=200, record=True), Console(width=80, record=True)
+    wide.print(bench.results_table(cells))
+    narrow.print(bench.results_table(cells, width=80))
+    assert max(len(line) for line in wide.export_text().splitlines()) > 80  # it would not fit
+    text = narrow.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    header = next(line for line in text.splitlines() if "model" in line and "img/s" in line)
+    assert all(c in header for c in ("img/s", "top-1", "speedup")) and "runs" not in header
+    assert "Left out to fit the terminal: runs" in " ".join(text.split())
+    assert "cpu · batch 16 · 2 threads" in text and "2.00x" in text

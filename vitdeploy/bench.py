@@ -611,22 +611,54 @@ def result_row(r: Result) -> dict[str, str]:
     }  # fmt: skip
 
 
-def results_table(results: list[Result]) -> Table:
-    """Rows grouped by provider, batch and threads, fastest first; columns empty in every row left out."""
+GROUP_COLUMNS = ("provider", "batch", "threads")  # a title row per group, not a column
+# Left out, in this order, while the table is wider than the terminal (--json/--csv keep all).
+NARROWING = ("runs", "p99 ms", "mem MB", "int8 %", "MB", "size", "p50 ms")
+
+
+def results_table(results: list[Result], width: int | None = None) -> Table:
+    """Rows grouped by provider, batch and threads, fastest first; columns empty in every row
+    left out, and at a terminal's `width` the least telling ones (`NARROWING`) as well."""
     ordered = sorted((r for r in results if not r.error), key=lambda r: (r.provider, r.batch, r.threads or 0, -r.throughput))
     rows = [result_row(r) for r in ordered]
-    columns = [c for c in rows[0] if any(row[c] for row in rows)] if rows else ["model"]
+    columns = [c for c in rows[0] if c not in GROUP_COLUMNS and any(row[c] for row in rows)] if rows else ["model"]
+    table = grouped_table(ordered, rows, columns, [])
+    for name in NARROWING:
+        if width is None or natural_width(table) <= width:
+            break
+        if name in columns:
+            columns.remove(name)
+            table = grouped_table(ordered, rows, columns, [c for c in NARROWING if c not in columns and c in rows[0]])
+    return table
+
+
+def grouped_table(ordered: list[Result], rows: list[dict[str, str]], columns: list[str], left_out: list[str]) -> Table:
     notes = "; ".join(f"{c}: {COLUMN_NOTES[c]}" for c in columns if c in COLUMN_NOTES)
-    table = Table(title="vitdeploy bench", caption=f"grouped by provider, batch and threads, fastest first. {notes}")
+    caption = f"fastest first within each provider, batch and threads. {notes}"
+    if left_out:
+        caption += f". Left out to fit the terminal: {', '.join(left_out)} (all in --json/--csv)"
+    table = Table(title="vitdeploy bench", caption=caption)
     for c in columns:
-        table.add_column(c, justify="left" if c in ("model", "provider", "note") else "right")
+        table.add_column(c, justify="left" if c in ("model", "note") else "right")
     previous = None
     for r, row in zip(ordered, rows, strict=True):
-        if previous is not None and (r.provider, r.batch, r.threads) != previous:
-            table.add_section()
-        previous = (r.provider, r.batch, r.threads)
+        group = (r.provider, r.batch, r.threads)
+        if group != previous:
+            if previous is not None:
+                table.add_section()
+            threads = f"{r.threads} threads" if r.threads else "default threads"
+            table.add_row(f"[bold]{r.provider} · batch {r.batch} · {threads}[/]", *[""] * (len(columns) - 1))
+            previous = group
         table.add_row(*(row[c] for c in columns))
     return table
+
+
+def natural_width(table: Table) -> int:
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
 
 
 def profile_table(result: Result, top: int = 12) -> Table:

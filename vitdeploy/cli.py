@@ -259,7 +259,7 @@ def bench(
         if data is not None:
             B.add_accuracy(results, paths, data, bar)
     B.add_ratios(results, baseline)
-    out.print(B.results_table(results))
+    out.print(B.results_table(results, width=out.width if out.is_terminal else None))
     if profile:
         for r in results:
             if "profile" in r.extra:
