@@ -36,6 +36,7 @@ from vitdeploy.graph import stamp_preprocess
 from vitdeploy.models import count_macs, count_parameters, create_model, describe, load_model, save_weights
 from vitdeploy.optimize import optimize_transformer
 from vitdeploy.progress import console
+from vitdeploy.providers import get_provider
 from vitdeploy.quantize import ArrayCalibrationReader, quantize_model
 from vitdeploy.recipe import Recipe
 from vitdeploy.stages import StageContext, get_stage
@@ -345,7 +346,11 @@ def check_runtimes(
             final_top1 = top1.get("onnx_int8", top1["onnx_fp32"])
             parity = fp32_parity if int8 is None else check_parity(model, final, parity_set, pre, size)
         else:
-            predict = predictor(final, runtime)  # compiled once for both checks
+            prov = get_provider(runtime)
+            try:
+                predict = predictor(final, prov.runtime, prov.precision)  # compiled once for both checks
+            except RuntimeError as err:  # a CPU without bfloat16, say: nothing to check it on
+                raise BuildError(f"runtime {runtime}: {err}; no artifact written") from None
             final_top1 = predict_accuracy(predict, eval_set, pre, size, recipe.evaluate.batch_size, f"{runtime} {final.name}")
             parity = check_parity(model, final, parity_set, pre, size, predict=predict)
         report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": runtime_version(runtime)}
@@ -360,11 +365,11 @@ def non_standard_ops(path: Path) -> list[str]:
 
 
 def runtime_version(runtime: str) -> str | None:
-    if runtime == "openvino":
-        from vitdeploy.openvino_runtime import version
+    if runtime == "onnxruntime":
+        return ort.__version__
+    from vitdeploy.openvino_runtime import version  # the other runtimes are OpenVINO's
 
-        return version()
-    return ort.__version__
+    return version()
 
 
 def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]) -> dict:

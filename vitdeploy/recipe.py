@@ -396,11 +396,12 @@ class Recipe(Section):
     quantize: QuantizeSpec = QuantizeSpec(mode="none")
     evaluate: EvaluateSpec = EvaluateSpec()
     output: OutputSpec = OutputSpec()
-    runtimes: list[Literal["onnxruntime", "openvino"]] = Field(
+    runtimes: list[Literal["onnxruntime", "openvino", "openvino-bf16"]] = Field(
         default_factory=lambda: ["onnxruntime"],
         min_length=1,
         description="runtimes the artifact must run on, each checked (parity and top-1) and recorded in the manifest. "
-        "Naming one other than onnxruntime keeps the graph to standard ONNX operators (no ONNX Runtime fusions)",
+        "Naming one other than onnxruntime keeps the graph to standard ONNX operators (no ONNX Runtime fusions); "
+        "openvino-bf16: OpenVINO computing the layers left in float in bfloat16 (checked on a CPU that has it)",
     )
 
     @model_validator(mode="after")
