@@ -437,7 +437,10 @@ def predict(
         tally = P.Tally()
         fmt = "json" if json_lines else "csv" if csv_rows else "text"
         with result_writer(output, fmt, top_k) as write, progress_bar(refresh_per_second=2) as bar:
-            task = bar.add_task("predicting", total=None)
+            from vitdeploy.reader import image_paths
+
+            # Counted first (a directory walk, no image read) so the bar shows progress and time left.
+            task = bar.add_task("predicting", total=sum(1 for _ in image_paths(images)))
             for item in P.predict(opened, images, run, batch, top_k, on_batch=lambda n: bar.advance(task, n), tally=tally):
                 write(item)
             if tally.images + tally.failed == 0:  # raised inside: no empty results file is left
