@@ -76,7 +76,7 @@ def test_reduce_range_auto_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None
     import vitdeploy.quantize as q
 
     for has_vnni in (True, False):
-        monkeypatch.setattr(q, "cpu_has_vnni", lambda has_vnni=has_vnni: has_vnni)
+        monkeypatch.setattr(q, "has_vnni", lambda has_vnni=has_vnni: has_vnni)
         assert resolve_reduce_range(QuantizeSpec(mode="static", reduce_range="auto")) is (not has_vnni)
         assert resolve_reduce_range(QuantizeSpec(mode="static", reduce_range=False)) is False
         assert resolve_reduce_range(QuantizeSpec(mode="static", reduce_range=True)) is True

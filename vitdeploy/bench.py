@@ -36,8 +36,8 @@ import psutil
 from rich.progress import Progress
 from rich.table import Table
 
+from vitdeploy.cpu import cpu_isa, cpu_name
 from vitdeploy.graph import load_checked, read_preprocess, weight_stats
-from vitdeploy.openvino_runtime import cpu_isa
 from vitdeploy.openvino_runtime import version as openvino_version
 from vitdeploy.profile import OpProfile, read_trace
 from vitdeploy.providers import PROVIDERS, get_provider
@@ -420,16 +420,8 @@ def paired_speedup(result: Result, base: Result) -> float | None:
 
 def environment(cfg: BenchConfig) -> dict:
     known = [PROVIDERS[p] for p in cfg.providers if p in PROVIDERS]
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "cpu_isa": cpu_isa(),

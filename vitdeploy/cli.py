@@ -429,7 +429,7 @@ def predict(
         opened = B.open_bundle(bundle, Path(scratch))
         run = P.runner(opened, provider, threads)
         if provider == "cpu":
-            from vitdeploy.openvino_runtime import cpu_isa
+            from vitdeploy.cpu import cpu_isa
 
             risk = P.int8_saturation_risk(opened.manifest.get("quantization"), cpu_isa())
             if risk:

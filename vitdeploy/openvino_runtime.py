@@ -96,25 +96,3 @@ def predictor(path: Path, threads: int | None = None, precision: str = "f32") ->
         return request.infer({0: x})[compiled.outputs[0]]
 
     return predict
-
-
-def cpu_isa() -> dict[str, bool]:
-    """The CPU features that decide INT8 and bf16 speed, from /proc/cpuinfo (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx_vnni": "avx_vnni" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_int8": "amx_int8" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-    }

@@ -138,7 +138,7 @@ def environment() -> dict:
     import onnxruntime
     import timm
 
-    from vitdeploy.quantize import cpu_has_vnni
+    from vitdeploy.cpu import has_vnni
 
     return {
         "vitdeploy": __version__,
@@ -149,7 +149,7 @@ def environment() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "cpu_vnni": cpu_has_vnni(),
+        "cpu_vnni": has_vnni(),
     }
 
 

@@ -9,7 +9,6 @@ QDQ would quantize the Softmax between them (measured 10.3 ms vs 1.6 ms on vit_b
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from vitdeploy.bias_correction import correct_biases
+from vitdeploy.cpu import has_vnni
 from vitdeploy.errors import UserError
 from vitdeploy.graph import activation_matmuls, output_producers, quantized_op_counts, weight_stats
 from vitdeploy.recipe import QuantizeSpec
@@ -71,18 +71,8 @@ class ArrayCalibrationReader(CalibrationDataReader):
         return -(-len(self.images) // self.batch_size)
 
 
-@functools.cache
-def cpu_has_vnni() -> bool:
-    """VNNI (AVX512-VNNI or AVX-VNNI) makes U8S8 dot products exact; without it they can saturate."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 def resolve_reduce_range(spec: QuantizeSpec) -> bool:
-    return (not cpu_has_vnni()) if spec.reduce_range == "auto" else bool(spec.reduce_range)
+    return (not has_vnni()) if spec.reduce_range == "auto" else bool(spec.reduce_range)
 
 
 def reduce_range_reason(spec: QuantizeSpec, resolved: bool) -> str:
