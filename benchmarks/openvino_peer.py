@@ -5,7 +5,8 @@
 
 Needs `pip install 'vitdeploy[openvino]'` (OpenVINO and NNCF) and the artifacts of
 `recipes/vit_fp32.yaml`, `vit_dynamic_int8.yaml`, `vit_static_int8.yaml` and the portable
-recipes `vit_fp32_portable.yaml` and `vit_static_int8_portable.yaml` (built when missing).
+recipes `vit_fp32_portable.yaml`, `vit_static_int8_portable.yaml`, `vit_prune_r0.1_int8_portable.yaml`
+and `deit_tiny_int8_portable.yaml` (built when missing).
 
 The peer: NNCF's `quantize` with `ModelType.TRANSFORMER` on the plain FP32 export
 (`vit_fp32_portable.onnx`, standard operators), 300 training images for calibration, run by
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ART = ROOT / "artifacts"
 RECIPES = (
     "vit_fp32", "vit_dynamic_int8", "vit_static_int8", "vit_fp32_portable", "vit_static_int8_portable",
-    "vit_prune_r0.1_int8_portable",
+    "vit_prune_r0.1_int8_portable", "deit_tiny_int8_portable",
 )  # fmt: skip
 
 
@@ -78,6 +79,7 @@ def rows(peer: Path, bf16: bool) -> list[tuple[str, Path, str]]:
     extra = [
         ("OpenVINO bf16, FP32 (vit_fp32_portable)", ART / "vit_fp32_portable.onnx", "openvino-bf16"),
         ("OpenVINO bf16, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "openvino-bf16"),
+        ("OpenVINO bf16, DeiT-tiny portable static INT8", ART / "deit_tiny_int8_portable.onnx", "openvino-bf16"),
         ("NNCF PTQ (transformer preset) -> OpenVINO bf16", peer, "openvino-bf16"),
     ]  # fmt: skip
     return [
@@ -90,6 +92,7 @@ def rows(peer: Path, bf16: bool) -> list[tuple[str, Path, str]]:
         ("OpenVINO, vitdeploy portable static INT8", ART / "vit_static_int8_portable.onnx", "openvino"),
         ("ONNX Runtime, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "cpu"),
         ("OpenVINO, vitdeploy pruned + portable static INT8", ART / "vit_prune_r0.1_int8_portable.onnx", "openvino"),
+        ("OpenVINO, DeiT-tiny portable static INT8 (deit_tiny_int8_portable)", ART / "deit_tiny_int8_portable.onnx", "openvino"),
         *(extra if bf16 else []),
         ("NNCF PTQ (transformer preset) -> OpenVINO", peer, "openvino"),
     ]
