@@ -2,6 +2,8 @@
 
     python benchmarks/openvino_peer.py [--batches 1,16] [--threads 2] [--rounds 5] [--duration 2]
                                        [--samples 10000] [--json runs/openvino_peer.json] [--bf16]
+                                       [--plot docs/openvino_speed.png]
+    python benchmarks/openvino_peer.py --replot runs/openvino_peer.json --plot docs/openvino_speed.png
 
 Needs `pip install 'vitdeploy[openvino]'` (OpenVINO and NNCF) and the artifacts of
 `recipes/vit_fp32.yaml`, `vit_dynamic_int8.yaml`, `vit_static_int8.yaml` and the portable
@@ -98,6 +100,49 @@ def rows(peer: Path, bf16: bool) -> list[tuple[str, Path, str]]:
     ]
 
 
+SHORT_NAMES = {
+    "vit_fp32": "FP32", "vit_dynamic_int8": "dynamic INT8", "vit_static_int8": "static INT8",
+    "vit_static_int8_portable": "portable INT8", "vit_fp32_portable": "FP32", "nncf_ptq_vit": "NNCF peer",
+    "vit_prune_r0.1_int8_portable": "pruned + INT8", "deit_tiny_int8_portable": "DeiT-tiny INT8",
+}  # fmt: skip
+
+
+def plot(report: dict, target: Path, batch: str = "16") -> None:
+    """Top-1 against speed (vs ONNX Runtime FP32) at `batch`, one colour per runtime and precision:
+    every row on the left, the rows within a point of FP32 on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"cpu": "#1f77b4", "openvino": "#2ca02c", "openvino-bf16": "#ff7f0e"}
+    names = {"cpu": "ONNX Runtime", "openvino": "OpenVINO, float32", "openvino-bf16": "OpenVINO, bfloat16"}
+    fp32 = 100 * report["rows"][0]["top1"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=120)
+    for ax, close in zip(axes, (False, True), strict=True):
+        for provider, colour in colours.items():
+            rows = [r for r in report["rows"] if r["runtime"] == provider and batch in r["batches"]]
+            rows = [r for r in rows if not close or abs(100 * r["top1"] - fp32) <= 1.0]
+            xs, ys = [r["batches"][batch]["vs_ort_fp32"] for r in rows], [100 * r["top1"] for r in rows]
+            ax.scatter(xs, ys, color=colour, label=names[provider], zorder=3)
+            for i, (r, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
+                label = SHORT_NAMES.get(r["model"].removesuffix(".onnx"), r["model"])
+                peer = label == "NNCF peer"
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 else -10), fontsize=7,
+                            fontweight="bold" if peer else "normal", color=colour)  # fmt: skip
+        ax.axhline(fp32 - 0.3, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(f"throughput at batch {batch} / ONNX Runtime FP32 (paired rounds)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 on the 10,000 CIFAR-10 test images (%)")
+    axes[0].set_title("every row", fontsize=9)
+    axes[1].set_title("within a point of FP32 (dotted: 0.3 points below)", fontsize=9)
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="1,16")
@@ -107,7 +152,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=10000, help="test images scored per row")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--bf16", action="store_true", help="add rows on openvino-bf16 (CPUs with native bfloat16)")
+    p.add_argument("--plot", type=Path, default=None, help="also draw top-1 against batch-16 speed into this PNG")
+    p.add_argument("--replot", type=Path, default=None, help="only draw --plot from an earlier run's --json")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text()), args.plot or args.replot.with_suffix(".png"))
+        return
 
     for name in RECIPES:
         ensure_built(name)
@@ -152,6 +202,8 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=float))
+    if args.plot:
+        plot(json.loads(json.dumps(report, default=float)), args.plot)  # batches keyed as in the JSON
 
 
 if __name__ == "__main__":
