@@ -307,6 +307,10 @@ def open_runner(
         if reason:
             raise RuntimeError(f"{reason}; skipped")
         try:
+            ovr.check_precision(prov.precision)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; skipped") from None
+        try:
             compiled = ovr.compile_model(path, batch, threads, prov.precision)
         except Exception as e:  # OpenVINO's own message: an operator it cannot read, say
             raise RuntimeError(f"OpenVINO cannot run this model: {str(e).strip().splitlines()[-1][:200]}") from None
