@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vitdeploy import bench
 from vitdeploy.bench import BenchConfig, Result, add_ratios, baseline_for, measure, median_round, thread_sweep
+from vitdeploy.bench_table import results_table
 from vitdeploy.profile import CPU_PROVIDER, read_trace
 
 
@@ -317,7 +318,7 @@ def test_the_table_shows_and_explains_only_columns_some_row_fills() -> None:
     fast = Result("m.onnx", "cpu", 1, 1, throughput=200.0, runs=5, extra={"speedup": 2.0, "size_ratio": 0.3})
     base = Result("m.fp32.onnx", "cpu", 1, 1, throughput=100.0, runs=5, extra={"speedup": 1.0, "size_ratio": 1.0})
     console = Console(width=300, record=True)
-    console.print(bench.results_table([fast, base]))
+    console.print(results_table([fast, base]))
     text = console.export_text()
     header = next(line for line in text.splitlines() if "model" in line and "img/s" in line)
     words = " ".join(text.split())  # the caption wraps at the table's width
@@ -390,8 +391,8 @@ def test_at_a_terminals_width_the_table_drops_the_least_telling_columns_and_says
         for i in range(2)
     ]  # fmt: skip
     wide, narrow = Console(width=200, record=True), Console(width=80, record=True)
-    wide.print(bench.results_table(cells))
-    narrow.print(bench.results_table(cells, width=80))
+    wide.print(results_table(cells))
+    narrow.print(results_table(cells, width=80))
     assert max(len(line) for line in wide.export_text().splitlines()) > 80  # it would not fit
     text = narrow.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80

@@ -230,6 +230,7 @@ def bench(
 ) -> None:
     """Measure throughput, latency, memory and size of ONNX models (no PyTorch needed)."""
     from vitdeploy import bench as B
+    from vitdeploy.bench_table import profile_table, results_table
 
     try:
         batches = tuple(int(b) for b in batch.split(","))
@@ -259,11 +260,11 @@ def bench(
         if data is not None:
             B.add_accuracy(results, paths, data, bar)
     B.add_ratios(results, baseline)
-    out.print(B.results_table(results, width=out.width if out.is_terminal else None))
+    out.print(results_table(results, width=out.width if out.is_terminal else None))
     if profile:
         for r in results:
             if "profile" in r.extra:
-                out.print(B.profile_table(r))
+                out.print(profile_table(r))
     for r in results:
         if r.error:
             err.print(f"[red]{r.model}[/] ({r.provider}, batch {r.batch}): {r.error}", highlight=False)
