@@ -558,12 +558,15 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
     # runs its own kernels and fusions, at its own precision: each of its providers is scored.
     scorers = sorted({get_provider(r.provider).scored_on for r in results}, key=lambda p: p.name)
     for path in paths:
+        pre_size = None  # the model's preprocessing, read once for all its scorers
         for scorer in scorers:
             rows = [r for r in results if r.model == path.name and get_provider(r.provider).scored_on == scorer]
             if not rows or all(r.error for r in rows):
                 continue
             try:
-                pre, size = read_preprocess(onnx.load(str(path), load_external_data=False))
+                if pre_size is None:
+                    pre_size = read_preprocess(onnx.load(str(path), load_external_data=False))
+                pre, size = pre_size
                 predict = predictor(path, scorer.runtime, scorer.precision)
                 correct = 0
                 task = bar.add_task(f"top-1 {path.name} ({scorer.name})", total=len(images))

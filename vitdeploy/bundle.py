@@ -121,8 +121,7 @@ def package(
     bench_environment: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle for a built artifact to `out` (a folder, or a file ending in .tar.gz)."""
-    manifest, manifest_path = build_manifest_for(model)
-    role = artifact_role(manifest, model)
+    manifest, manifest_path, role = built_artifact(model)
     facts = graph_facts(model)
     classes = manifest["preprocess"].get("classes") or []
     if not classes:
@@ -145,6 +144,13 @@ def package(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def built_artifact(model: Path) -> tuple[dict[str, Any], Path, str]:
+    """(build manifest, its path, the file's role in it) for an unchanged output of `vitdeploy
+    build`; a UserError for anything else. Callers check this before any slow work."""
+    manifest, path = build_manifest_for(model)
+    return manifest, path, artifact_role(manifest, model)
 
 
 def artifact_role(manifest: dict[str, Any], model: Path) -> str:

@@ -369,7 +369,7 @@ def package(
     from vitdeploy.graph import load_checked
 
     load_checked(model)
-    B.build_manifest_for(model)  # before any benchmarking: refuse what is not a build output
+    B.built_artifact(model)  # before any benchmarking: refuse what is not an unchanged build output
     target = out_path or model.with_name(model.name.removesuffix(".onnx") + ".bundle")
     figures, env = _bundle_benchmarks(model, bench, batch, threads, duration)
     with err.status(f"packaging {model.name}"):

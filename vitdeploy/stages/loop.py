@@ -366,7 +366,7 @@ def plan_to_budget(run: Run, progress: Progress, first: dict[str, Any], name: st
         epochs = int(decided.item())
     progress.planned_epochs = epochs
     if epochs < cfg.epochs:
-        run.scheduler.lr_lambdas[0].shrink(epochs / cfg.epochs)
+        run.scheduler.lr_lambdas[0].shrink(epochs / cfg.epochs)  # one schedule object serves every param group
         if run.rank == 0:
             console.print(f"[cyan]{name}: {epochs} of {cfg.epochs} epochs fit in max_minutes {cfg.max_minutes:g}")
 
