@@ -5,7 +5,7 @@
 
 For each token count N, one attention layer and one whole transformer block (the reference
 teacher's width: 192-d, 3 heads, MLP 384) are exported to ONNX at batch 1 with N tokens, once
-with exact softmax attention and once per landmark count with `vitdeploy.nystrom`, and timed
+with exact softmax attention and once per landmark count with `vitdeploy.torch.nystrom`, and timed
 in ONNX Runtime on the CPU. The exact form is exported as vitdeploy exports it (separate q/k/v
 MatMuls, explicit softmax), so ORT may fuse it. The runs of one N alternate between the
 variants (paired rounds), so slow drift of the machine cancels out of the ratios. Prints
@@ -28,8 +28,8 @@ import onnxruntime as ort
 import torch
 from timm.models.vision_transformer import Block
 
-from vitdeploy.models import split_qkv
-from vitdeploy.nystrom import NystromAttention
+from vitdeploy.torch.models import split_qkv
+from vitdeploy.torch.nystrom import NystromAttention
 
 
 def make_variants(tokens: int, landmarks: list[int], dim: int, heads: int) -> dict[str, torch.nn.Module]:

@@ -32,12 +32,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from vitdeploy import bench as B
-from vitdeploy.data import DataStore, ImageSet, preprocess
-from vitdeploy.evaluate import predict_accuracy, predictor
-from vitdeploy.progress import console, progress_bar
-from vitdeploy.providers import get_provider
-from vitdeploy.recipe import load_recipe
+from vitdeploy.bench import measure as B
+from vitdeploy.core.progress import console, progress_bar
+from vitdeploy.data.datasets import DataStore, ImageSet, preprocess
+from vitdeploy.data.scoring import predict_accuracy
+from vitdeploy.recipe.schema import load_recipe
+from vitdeploy.runtime.sessions import open_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 ART = ROOT / "artifacts"
@@ -72,8 +72,7 @@ def nncf_peer(fp32: Path, target: Path, samples: int = 300) -> float:
 
 def accuracy(path: Path, provider: str, test: ImageSet) -> float:
     pre = load_recipe(ROOT / "recipes" / "vit_fp32.yaml").data.preprocess
-    prov = get_provider(provider)
-    return predict_accuracy(predictor(path, prov.runtime, prov.precision), test, pre, 32, 100, f"{path.name} ({provider})")
+    return predict_accuracy(open_predictor(path, provider), test, pre, 32, 100, f"{path.name} ({provider})")
 
 
 def rows(peer: Path, bf16: bool) -> list[tuple[str, Path, str]]:

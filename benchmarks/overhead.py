@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from vitdeploy.bench import BenchConfig, measure, session_options
+from vitdeploy.bench.measure import BenchConfig, measure
+from vitdeploy.runtime.sessions import open_session
 
 
 def bare_loop(path: Path, batch: int, threads: int, seconds: float) -> float:
-    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    session = open_session(path, "cpu", threads)
     inp = session.get_inputs()[0]
     x = np.random.default_rng(0).standard_normal([batch, *inp.shape[1:]], dtype=np.float32)
     feeds = {inp.name: x}

@@ -22,10 +22,11 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from vitdeploy import bench as B
-from vitdeploy.bundle import open_bundle, package
-from vitdeploy.predict import Tally, predict, runner
-from vitdeploy.results import csv_writer
+from vitdeploy.bench import measure as B
+from vitdeploy.build.packaging import package
+from vitdeploy.runtime.bundle import open_bundle
+from vitdeploy.runtime.predict import Tally, predict, runner
+from vitdeploy.runtime.results import csv_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"

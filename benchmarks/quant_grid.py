@@ -18,13 +18,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from vitdeploy.data import load_split, preprocess
-from vitdeploy.evaluate import onnx_accuracy
-from vitdeploy.export import INPUT_NAME, export_onnx
-from vitdeploy.models import create_model
-from vitdeploy.optimize import optimize_transformer
-from vitdeploy.quantize import ArrayCalibrationReader, quantize_model
-from vitdeploy.recipe import CalibrationSpec, QuantizeSpec, load_recipe
+from vitdeploy.data.datasets import load_split, preprocess
+from vitdeploy.data.scoring import onnx_accuracy
+from vitdeploy.onnx.fusion import optimize_transformer
+from vitdeploy.onnx.quantize import ArrayCalibrationReader, quantize_model
+from vitdeploy.recipe.schema import CalibrationSpec, QuantizeSpec, load_recipe
+from vitdeploy.torch.export import INPUT_NAME, export_onnx
+from vitdeploy.torch.models import create_model
 
 VARIANTS: dict[str, dict] = {
     "static qdq minmax per-channel rr": dict(mode="static"),

@@ -25,7 +25,7 @@ def cifar10(cache_dir: Path) -> Path:
     """CIFAR-10 decoded once into the session cache; returns the cache root."""
     if not CIFAR_ARCHIVE.is_file():
         pytest.fail(f"missing {CIFAR_ARCHIVE}: tests need the shared CIFAR-10 copy")
-    from vitdeploy.data import DataStore
+    from vitdeploy.data.datasets import DataStore
 
     DataStore(cache_dir).import_source("cifar10", CIFAR_ARCHIVE)
     return cache_dir
@@ -36,7 +36,7 @@ TINY_OVERRIDES = {"img_size": 32, "patch_size": 8, "num_classes": 10, "embed_dim
 
 
 def tiny_vit(**overrides):
-    from vitdeploy.models import create_model
-    from vitdeploy.recipe import ModelSpec
+    from vitdeploy.recipe.schema import ModelSpec
+    from vitdeploy.torch.models import create_model
 
     return create_model(ModelSpec(name="vit_tiny_patch16_224", overrides=TINY_OVERRIDES | overrides)).eval()

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitdeploy.architecture import read_architecture
-from vitdeploy.errors import UserError
-from vitdeploy.models import add_distillation_token, create_model, describe, load_model, save_weights
-from vitdeploy.nystrom import NystromAttention
-from vitdeploy.pruning import head_group, mlp_group, prune_group, sync_attributes
-from vitdeploy.recipe import ModelSpec
+from vitdeploy.core.architecture import read_architecture
+from vitdeploy.core.errors import UserError
+from vitdeploy.recipe.schema import ModelSpec
+from vitdeploy.torch.models import add_distillation_token, create_model, describe, load_model, save_weights
+from vitdeploy.torch.nystrom import NystromAttention
+from vitdeploy.torch.pruning import head_group, mlp_group, prune_group, sync_attributes
 
 from .conftest import TINY_OVERRIDES, tiny_vit
 
@@ -84,7 +84,7 @@ def test_distillation_token_starts_from_the_class_token() -> None:
 def test_architecture_is_read_without_torch(tmp_path: Path) -> None:
     save_weights(compressed_model(), tmp_path / "m.safetensors")
     code = (
-        "import sys; from vitdeploy.architecture import read_architecture; "
+        "import sys; from vitdeploy.core.architecture import read_architecture; "
         f"a = read_architecture({str(tmp_path / 'm.safetensors')!r}); "
         "assert a.distilled; assert 'torch' not in sys.modules, 'torch was imported'"
     )

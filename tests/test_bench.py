@@ -14,10 +14,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vitdeploy import bench
-from vitdeploy.bench import BenchConfig, Result, add_ratios, baseline_for, measure, median_round, thread_sweep
-from vitdeploy.bench_table import results_table
-from vitdeploy.profile import CPU_PROVIDER, read_trace
+from vitdeploy.bench import measure as bench
+from vitdeploy.bench.measure import BenchConfig, Result, add_ratios, baseline_for, measure, median_round, thread_sweep
+from vitdeploy.bench.op_profile import CPU_PROVIDER, read_trace
+from vitdeploy.bench.table import results_table
 
 
 def linear_model(path: Path, batch: int | str = "N", width: int = 64, size: int = 8) -> Path:
@@ -142,7 +142,7 @@ def test_cli_bench_writes_json_csv_and_never_imports_torch(tmp_path: Path) -> No
 
 
 def test_torch_reference_is_timed_like_onnx_cells() -> None:
-    from vitdeploy.bench_torch import measure_torch
+    from vitdeploy.torch.timing import measure_torch
 
     from .conftest import tiny_vit
 
@@ -259,13 +259,13 @@ def test_openvino_cells_are_timed_and_scored_like_onnx_runtime_cells(tmp_path: P
     r = measure(model, "openvino", 4, 1, FAST)
     assert r.error is None and r.runs == 30 and r.throughput > 0
     assert r.throughput == pytest.approx(4 * 1000 / r.latency_p50_ms, rel=1e-6)
-    from vitdeploy.openvino_runtime import predictor
+    from vitdeploy.runtime.sessions import open_predictor
 
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
     import onnxruntime as ort
 
     expected = ort.InferenceSession(str(model)).run(None, {"pixel_values": x})[0]
-    np.testing.assert_allclose(predictor(model)(x), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(open_predictor(model, "openvino")(x), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_a_model_openvino_cannot_read_is_reported(tmp_path: Path) -> None:
@@ -288,7 +288,7 @@ def test_environment_names_the_cpu_isa() -> None:
 def test_bracketed_rounds_pair_each_model_with_a_baseline_run_right_before_it() -> None:
     from rich.progress import Progress
 
-    from vitdeploy.bench import BenchConfig, Result, paired_speedup, run_grid
+    from vitdeploy.bench.measure import BenchConfig, Result, paired_speedup, run_grid
 
     calls = []
 
@@ -336,7 +336,7 @@ def has_native_bf16() -> bool:
 
 def test_openvino_bf16_computes_in_bfloat16_where_the_cpu_has_it_and_refuses_elsewhere(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    from vitdeploy.openvino_runtime import predictor
+    from vitdeploy.runtime.sessions import open_predictor
 
     model = linear_model(tmp_path / "m.onnx", width=10)
     r = measure(model, "openvino-bf16", 4, 1, FAST)
@@ -345,7 +345,7 @@ def test_openvino_bf16_computes_in_bfloat16_where_the_cpu_has_it_and_refuses_els
         return
     assert r.error is None and r.runs == 30
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
-    f32, bf16 = predictor(model)(x), predictor(model, precision="bf16")(x)
+    f32, bf16 = open_predictor(model, "openvino")(x), open_predictor(model, "openvino-bf16")(x)
     assert not np.array_equal(f32, bf16)  # the precision reached OpenVINO: bf16 rounds the products
     np.testing.assert_allclose(bf16, f32, rtol=0.05, atol=0.5)  # 192 products of 8-bit mantissas
 
@@ -370,8 +370,8 @@ def test_provider_names_are_checked_before_anything_runs() -> None:
     from typer.testing import CliRunner
 
     from vitdeploy.cli import app
-    from vitdeploy.errors import UserError
-    from vitdeploy.providers import PROVIDERS, choices_help, provider_list
+    from vitdeploy.core.errors import UserError
+    from vitdeploy.core.providers import PROVIDERS, choices_help, provider_list
 
     assert provider_list(" cpu,openvino-bf16 ") == ("cpu", "openvino-bf16")
     with pytest.raises(UserError, match="unknown provider 'npu'; choose from cpu, cuda, tensorrt, openvino"):

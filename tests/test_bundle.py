@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy.bundle import open_bundle, package
+from vitdeploy.build.packaging import package
 from vitdeploy.cli import app
-from vitdeploy.data import DataStore
-from vitdeploy.errors import UserError
-from vitdeploy.predict import Failure, Prediction, Tally, predict, runner
+from vitdeploy.core.errors import UserError
+from vitdeploy.data.datasets import DataStore
+from vitdeploy.runtime.bundle import open_bundle
+from vitdeploy.runtime.predict import Failure, Prediction, Tally, predict, runner
 
 from .test_pipeline import teacher_recipe
 
@@ -169,7 +170,7 @@ def test_the_fp32_export_is_packaged_with_its_own_accuracy_and_a_changed_file_is
 
 
 def test_int8_saturation_risk_is_named_only_where_it_exists() -> None:
-    from vitdeploy.predict import int8_saturation_risk
+    from vitdeploy.runtime.predict import int8_saturation_risk
 
     u8s8 = {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False}
     avx2 = {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False}

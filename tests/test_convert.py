@@ -13,12 +13,12 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from vitdeploy.convert import convert_fp16
-from vitdeploy.export import INPUT_NAME, export_onnx
-from vitdeploy.graph import PREPROCESS_KEY, write_preprocess
-from vitdeploy.models import split_qkv
-from vitdeploy.optimize import optimize_transformer
-from vitdeploy.recipe import ExportSpec, OptimizeSpec
+from vitdeploy.onnx.fp16 import convert_fp16
+from vitdeploy.onnx.fusion import optimize_transformer
+from vitdeploy.onnx.graph import PREPROCESS_KEY, write_preprocess
+from vitdeploy.recipe.schema import ExportSpec, OptimizeSpec
+from vitdeploy.torch.export import INPUT_NAME, export_onnx
+from vitdeploy.torch.models import split_qkv
 
 from .conftest import tiny_vit
 
@@ -83,5 +83,5 @@ def test_convert_cli_names_the_output_and_rejects_bad_input(fp32_onnx: Path, tmp
     assert (tmp_path / "m.fp16.onnx").is_file()
     assert CliRunner().invoke(app, ["convert", str(tmp_path / "missing.onnx"), "--fp16"]).exit_code == 2
     assert CliRunner().invoke(app, ["convert", str(local)]).exit_code == 2  # no conversion named
-    code = "import sys\nfrom vitdeploy.convert import convert_fp16\nassert 'torch' not in sys.modules\nprint('ok')"
+    code = "import sys\nfrom vitdeploy.onnx.fp16 import convert_fp16\nassert 'torch' not in sys.modules\nprint('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitdeploy.data import CIFAR10_CLASSES, DataStore, load_split, preprocess
-from vitdeploy.errors import UserError
-from vitdeploy.recipe import DataSpec, Preprocess
+from vitdeploy.core.errors import UserError
+from vitdeploy.data.datasets import CIFAR10_CLASSES, DataStore, load_split, preprocess
+from vitdeploy.recipe.schema import DataSpec, Preprocess
 
 from .conftest import CIFAR_ARCHIVE
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitdeploy.data import DataStore, preprocess
-from vitdeploy.errors import UserError
-from vitdeploy.models import save_weights
-from vitdeploy.pipeline import build, run_stages
-from vitdeploy.recipe import DistillConfig, Preprocess, TeacherSpec, load_recipe, parse_recipe
-from vitdeploy.stages.distill import make_loss, soft_loss
+from vitdeploy.build.pipeline import build, run_stages
+from vitdeploy.core.errors import UserError
+from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.recipe.schema import DistillConfig, Preprocess, TeacherSpec, load_recipe, parse_recipe
+from vitdeploy.torch.models import save_weights
+from vitdeploy.torch.stages.distill import make_loss, soft_loss
 
 from .conftest import TINY_OVERRIDES, tiny_vit
 
@@ -60,7 +60,7 @@ def test_deit_token_distillation_builds_and_onnx_averages_both_heads(cifar10: Pa
     report = m["stages"][0]["report"]
     assert report["teacher"]["name"] == "vit_tiny_patch16_224" and len(report["epochs"]) == 1
     # The exported graph's output is the mean of the class and distillation heads.
-    from vitdeploy.models import load_model
+    from vitdeploy.torch.models import load_model
 
     student = load_model(tmp_path / "out" / "d.safetensors").eval()
     images = DataStore(cifar10).load("cifar10", "test").subset(8, seed=2)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitdeploy.errors import UserError
-from vitdeploy.models import SplitQKVAttention, create_model, load_weights, read_state_dict, save_weights, split_qkv
-from vitdeploy.recipe import ModelSpec
+from vitdeploy.core.errors import UserError
+from vitdeploy.recipe.schema import ModelSpec
+from vitdeploy.torch.models import SplitQKVAttention, create_model, load_weights, read_state_dict, save_weights, split_qkv
 
 from .conftest import TINY_OVERRIDES as TINY
 from .conftest import tiny_vit as tiny

@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from vitdeploy.data import DataStore, preprocess
-from vitdeploy.export import check_parity, export_onnx
-from vitdeploy.nystrom import NystromAttention, iterative_pinv, segment_mean_matrix
-from vitdeploy.pipeline import build
-from vitdeploy.recipe import ExportSpec, Preprocess, load_recipe
+from vitdeploy.build.pipeline import build
+from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.recipe.schema import ExportSpec, Preprocess, load_recipe
+from vitdeploy.torch.export import check_parity, export_onnx
+from vitdeploy.torch.nystrom import NystromAttention, iterative_pinv, segment_mean_matrix
 
 from .conftest import TINY_OVERRIDES, tiny_vit
 

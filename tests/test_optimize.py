@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vitdeploy.export import INPUT_NAME, export_onnx
-from vitdeploy.graph import op_counts
-from vitdeploy.models import split_qkv
-from vitdeploy.optimize import optimize_transformer
-from vitdeploy.recipe import ExportSpec, OptimizeSpec
+from vitdeploy.onnx.fusion import optimize_transformer
+from vitdeploy.onnx.graph import op_counts
+from vitdeploy.recipe.schema import ExportSpec, OptimizeSpec
+from vitdeploy.torch.export import INPUT_NAME, export_onnx
+from vitdeploy.torch.models import split_qkv
 
 from .conftest import tiny_vit
 

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vitdeploy.data import DataStore, preprocess
-from vitdeploy.errors import UserError
-from vitdeploy.pipeline import build, run_stages
-from vitdeploy.recipe import load_recipe, parse_recipe
-from vitdeploy.storage import atomic_path
+from vitdeploy.build.pipeline import build, run_stages
+from vitdeploy.core.errors import UserError
+from vitdeploy.core.storage import atomic_path
+from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.recipe.schema import load_recipe, parse_recipe
 
 from .conftest import ROOT, TEACHER
 
@@ -84,7 +84,7 @@ def test_manifest_records_what_a_deployer_needs(static_build: dict, tmp_path_fac
     assert m["optimize"]["fused_operators"]["SkipLayerNormalization"] > 0
     assert {"export", "optimize", "quantize", "evaluate", "total"} <= set(m["timings_s"])
     assert m["environment"]["onnxruntime"] == ort.__version__
-    from vitdeploy.storage import sha256_file
+    from vitdeploy.core.storage import sha256_file
 
     assert sha256_file(out / "static.onnx") == m["artifacts"]["onnx"]["sha256"]
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
@@ -96,7 +96,7 @@ def test_artifact_runs_at_another_batch_size_with_manifest_preprocessing(static_
     session = ort.InferenceSession(str(out / "static.onnx"))
     test = DataStore(cifar10).load("cifar10", "test").subset(7, seed=5)
     p = m["preprocess"]
-    from vitdeploy.recipe import Preprocess
+    from vitdeploy.recipe.schema import Preprocess
 
     x = preprocess(test.images, Preprocess(mean=p["mean"], std=p["std"], interpolation=p["interpolation"]), p["img_size"])
     logits = session.run(None, {p["input_name"]: x})[0]

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vitdeploy import imaging
-from vitdeploy.data import preprocess
-from vitdeploy.errors import RecipeError
-from vitdeploy.imaging import ImageError, decode, decode_jpeg, resize_center_crop
-from vitdeploy.reader import normalizer
-from vitdeploy.recipe import Preprocess, Recipe, load_recipe, parse_recipe
+from vitdeploy.core.errors import RecipeError
+from vitdeploy.data.datasets import preprocess
+from vitdeploy.recipe.schema import Preprocess, Recipe, load_recipe, parse_recipe
+from vitdeploy.runtime import imaging
+from vitdeploy.runtime.imaging import ImageError, decode, decode_jpeg, resize_center_crop
+from vitdeploy.runtime.reader import normalizer
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

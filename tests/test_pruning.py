@@ -10,12 +10,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vitdeploy.data import DataStore, preprocess
-from vitdeploy.errors import UserError
-from vitdeploy.export import check_parity, export_onnx
-from vitdeploy.models import build_model, count_macs, count_parameters, describe
-from vitdeploy.optimize import optimize_transformer
-from vitdeploy.pruning import (
+from vitdeploy.core.errors import UserError
+from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.onnx.fusion import optimize_transformer
+from vitdeploy.onnx.quantize import quantize_model
+from vitdeploy.recipe.schema import ExportSpec, OptimizeSpec, Preprocess, PruneConfig, QuantizeSpec, parse_recipe
+from vitdeploy.torch.export import check_parity, export_onnx
+from vitdeploy.torch.models import build_model, count_macs, count_parameters, describe
+from vitdeploy.torch.pruning import (
     IMPORTANCES,
     embed_group,
     head_dim_group,
@@ -25,10 +27,8 @@ from vitdeploy.pruning import (
     prune_group,
     sync_attributes,
 )
-from vitdeploy.quantize import quantize_model
-from vitdeploy.recipe import ExportSpec, OptimizeSpec, Preprocess, PruneConfig, QuantizeSpec, parse_recipe
-from vitdeploy.stages.base import StageContext
-from vitdeploy.stages.prune import prune
+from vitdeploy.torch.stages.base import StageContext
+from vitdeploy.torch.stages.prune import prune
 
 from .conftest import tiny_vit
 

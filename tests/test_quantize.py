@@ -10,12 +10,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from vitdeploy.bias_correction import biased_layers, channel_means
-from vitdeploy.export import INPUT_NAME, export_onnx
-from vitdeploy.graph import activation_matmuls, output_producers
-from vitdeploy.optimize import optimize_transformer
-from vitdeploy.quantize import ArrayCalibrationReader, quantize_model, resolve_reduce_range
-from vitdeploy.recipe import CalibrationSpec, ExportSpec, OptimizeSpec, QuantizeSpec
+from vitdeploy.onnx.bias_correction import biased_layers, channel_means
+from vitdeploy.onnx.fusion import optimize_transformer
+from vitdeploy.onnx.graph import activation_matmuls, output_producers
+from vitdeploy.onnx.quantize import ArrayCalibrationReader, quantize_model, resolve_reduce_range
+from vitdeploy.recipe.schema import CalibrationSpec, ExportSpec, OptimizeSpec, QuantizeSpec
+from vitdeploy.torch.export import INPUT_NAME, export_onnx
 
 from .conftest import tiny_vit
 
@@ -73,7 +73,7 @@ def test_default_static_config_quantizes_weights_only(vit_onnx: Path, tmp_path: 
 
 
 def test_reduce_range_auto_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vitdeploy.quantize as q
+    import vitdeploy.onnx.quantize as q
 
     for has_vnni in (True, False):
         monkeypatch.setattr(q, "has_vnni", lambda has_vnni=has_vnni: has_vnni)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vitdeploy.errors import RecipeError
-from vitdeploy.recipe import FinetuneConfig, load_recipe, parse_recipe
+from vitdeploy.core.errors import RecipeError
+from vitdeploy.recipe.schema import FinetuneConfig, load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -114,7 +114,7 @@ def test_check_cli_exit_codes_and_no_traceback(tmp_path: Path) -> None:
 
 
 def test_committed_recipe_reference_matches_the_schema() -> None:
-    from vitdeploy.schema_doc import markdown
+    from vitdeploy.recipe.reference import markdown
 
     committed = (ROOT / "docs" / "recipe-reference.md").read_text()
     assert committed == markdown(), "regenerate: python -m vitdeploy.schema_doc > docs/recipe-reference.md"

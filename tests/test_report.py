@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vitdeploy.report import PAPER, method_of, pareto, run
+from vitdeploy.build.report import PAPER, method_of, pareto, run
 
 from .conftest import TEACHER
 

@@ -25,7 +25,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from vitdeploy.storage import sha256_file
+from vitdeploy.core.storage import sha256_file
 
 from .conftest import TINY_OVERRIDES
 

@@ -9,9 +9,9 @@ import onnx
 import pytest
 import torch
 
-from vitdeploy.errors import BuildError, RecipeError
-from vitdeploy.pipeline import build
-from vitdeploy.recipe import load_recipe, parse_recipe
+from vitdeploy.build.pipeline import build
+from vitdeploy.core.errors import BuildError, RecipeError
+from vitdeploy.recipe.schema import load_recipe, parse_recipe
 
 from .conftest import TEACHER, TINY_OVERRIDES
 

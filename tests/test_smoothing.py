@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.data import DataStore, preprocess
-from vitdeploy.recipe import Preprocess
-from vitdeploy.smoothing import activation_maxima, smooth
+from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.recipe.schema import Preprocess
+from vitdeploy.torch.smoothing import activation_maxima, smooth
 
 from .conftest import tiny_vit
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.models import save_weights
-from vitdeploy.pipeline import run_stages, stage_key
-from vitdeploy.recipe import STAGE_CONFIGS, parse_recipe
-from vitdeploy.stages import STAGES
-from vitdeploy.stages.base import stage_name
+from vitdeploy.build.pipeline import run_stages, stage_key
+from vitdeploy.recipe.schema import STAGE_CONFIGS, parse_recipe
+from vitdeploy.torch.models import save_weights
+from vitdeploy.torch.stages import STAGES
+from vitdeploy.torch.stages.base import stage_name
 
 from .conftest import ROOT, TINY_OVERRIDES, tiny_vit
 
@@ -69,8 +69,8 @@ def test_repeated_stages_keep_one_report_each_and_reload_from_cache(cifar10: Pat
 
 DDP_SCRIPT = """
 import json, sys, torch
-from vitdeploy.recipe import parse_recipe
-from vitdeploy.pipeline import run_stages
+from vitdeploy.recipe.schema import parse_recipe
+from vitdeploy.build.pipeline import run_stages
 recipe = parse_recipe(json.loads(sys.argv[1]))
 model, _ = run_stages(recipe, torch.device("cpu"))
 import torch.distributed as dist
@@ -137,7 +137,7 @@ def test_a_time_budget_shrinks_the_run_and_its_schedule_to_fit(cifar10: Path, tm
 
 
 def test_a_shrunk_schedule_ends_where_the_shorter_run_does() -> None:
-    from vitdeploy.stages.loop import WarmupCosine
+    from vitdeploy.torch.stages.loop import WarmupCosine
 
     schedule = WarmupCosine(total=40 * 4, warmup=2 * 4, floor=0.01)
     schedule.shrink(3 / 40)  # three of forty epochs fit
@@ -146,6 +146,6 @@ def test_a_shrunk_schedule_ends_where_the_shorter_run_does() -> None:
 
 
 def test_epochs_within_a_budget() -> None:
-    from vitdeploy.stages.loop import epochs_within
+    from vitdeploy.torch.stages.loop import epochs_within
 
     assert epochs_within(600, 59, 200) == 10 and epochs_within(600, 1, 200) == 200 and epochs_within(1, 60, 200) == 1

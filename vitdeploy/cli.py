@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vitdeploy.errors import BuildError, UserError
-from vitdeploy.providers import choices_help, provider_list
+from vitdeploy.core.errors import BuildError, UserError
+from vitdeploy.core.providers import choices_help, provider_list
 
 # Plain click help: rich's boxed panels wrap option descriptions badly at 80 columns.
 app = typer.Typer(
@@ -83,15 +83,15 @@ def _options(
 
 def _validate(recipe_path: Path):
     """Schema, files, then the model name (needs timm): everything before any work starts."""
-    from vitdeploy.recipe import RecipeError, load_recipe
+    from vitdeploy.recipe.schema import RecipeError, load_recipe
 
     recipe = load_recipe(recipe_path)
-    from vitdeploy.models import validate_model_name
+    from vitdeploy.torch.models import validate_model_name
 
     try:
         validate_model_name(recipe.model.name)
         if recipe.quantize.mode != "none":
-            from vitdeploy.quantize import check_op_types
+            from vitdeploy.onnx.quantize import check_op_types
 
             check_op_types(recipe.quantize.op_types, recipe.quantize.mode)
     except UserError as e:
@@ -129,8 +129,8 @@ def build(
     An interrupted build (Ctrl-C, kill) resumes where it stopped when run again.
     """
     r = _validate(recipe)
-    from vitdeploy.pipeline import build as run_build
-    from vitdeploy.stages import resolve_device
+    from vitdeploy.build.pipeline import build as run_build
+    from vitdeploy.torch.stages import resolve_device
 
     with interrupt_on_sigterm():
         manifest = run_build(r, recipe.resolve(), resolve_device(device), fresh=fresh, checkpoint_every_s=checkpoint_every)
@@ -141,7 +141,7 @@ def build(
 @user_errors
 def clean(recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files whose cache to remove")]) -> None:
     """Remove recipes' caches: saved stage outputs, training checkpoints, work files (not the artifacts)."""
-    from vitdeploy.pipeline import clean as clean_cache
+    from vitdeploy.build.pipeline import clean as clean_cache
 
     for path in recipes:
         r = _validate(path)
@@ -229,8 +229,8 @@ def bench(
     csv_out: Annotated[Path | None, typer.Option("--csv", help="write results as CSV")] = None,
 ) -> None:
     """Measure throughput, latency, memory and size of ONNX models (no PyTorch needed)."""
-    from vitdeploy import bench as B
-    from vitdeploy.bench_table import profile_table, results_table
+    from vitdeploy.bench import measure as B
+    from vitdeploy.bench.table import profile_table, results_table
 
     try:
         batches = tuple(int(b) for b in batch.split(","))
@@ -247,7 +247,7 @@ def bench(
         warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, rounds=rounds,
         include_copies=include_copies, cuda_graph=cuda_graph, profile_dir=profile,
     )  # fmt: skip
-    from vitdeploy.progress import progress_bar
+    from vitdeploy.core.progress import progress_bar
 
     cells = B.onnx_cells(paths, cfg)
     base_path = next((p for p in paths if baseline in (p.name, p.stem, str(p))), None) if baseline else None
@@ -270,7 +270,7 @@ def bench(
             err.print(f"[red]{r.model}[/] ({r.provider}, batch {r.batch}): {r.error}", highlight=False)
     report = {"environment": B.environment(cfg), "results": [r.as_row() for r in results]}
     if json_out:
-        from vitdeploy.storage import write_json_atomic
+        from vitdeploy.core.storage import write_json_atomic
 
         write_json_atomic(json_out, report)
     if csv_out:
@@ -294,7 +294,7 @@ def report(
     device: Annotated[str, typer.Option(help="device for builds: cpu, cuda, cuda:N or auto")] = "auto",
 ) -> None:
     """Build what is missing, benchmark every artifact, write the comparison table and plots."""
-    from vitdeploy import report as R
+    from vitdeploy.build import report as R
 
     files = R.run(recipes, out_dir, not no_build, rounds, duration, threads, baseline, device)
     out.print(files["md"].read_text(), markup=False, highlight=False)
@@ -312,7 +312,7 @@ def convert(
     ] = None,
 ) -> None:
     """Make a float16 variant of an FP32 artifact for GPU providers (I/O stays float32)."""
-    from vitdeploy.convert import KEEP_FP32, convert_fp16
+    from vitdeploy.onnx.fp16 import KEEP_FP32, convert_fp16
 
     if not fp16:
         raise UserError("say which conversion: --fp16 (the only one so far)")
@@ -332,7 +332,7 @@ def convert(
 
 def _torch_cells(recipe: Path, cfg, compiled: bool, amp: bool) -> list:
     """The recipe's PyTorch model as bench cells (eager; compile and float16 autocast on request)."""
-    from vitdeploy.bench_torch import load_reference, measure_torch
+    from vitdeploy.torch.timing import load_reference, measure_torch
 
     label, model = load_reference(recipe)
     variants = [(False, False)] + [(True, False)] * compiled
@@ -365,19 +365,20 @@ def package(
     duration: Annotated[float, typer.Option(help="seconds of timed runs per benchmark cell")] = 2.0,
 ) -> None:
     """Write an edge bundle: model, preprocess.json, labels.txt, bundle.json with checksums and figures."""
-    from vitdeploy import bundle as B
-    from vitdeploy.graph import load_checked
+    from vitdeploy.build import packaging
+    from vitdeploy.onnx.graph import load_checked
+    from vitdeploy.runtime.bundle import open_bundle
 
     load_checked(model)
-    B.built_artifact(model)  # before any benchmarking: refuse what is not an unchanged build output
+    packaging.built_artifact(model)  # before any benchmarking: refuse what is not an unchanged build output
     target = out_path or model.with_name(model.name.removesuffix(".onnx") + ".bundle")
     figures, env = _bundle_benchmarks(model, bench, batch, threads, duration)
     with err.status(f"packaging {model.name}"):
-        B.package(model, target, ort_format=ort_format, benchmarks=figures, bench_environment=env)
+        packaging.package(model, target, ort_format=ort_format, benchmarks=figures, bench_environment=env)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bundle-") as scratch:
-        verified = B.open_bundle(target, Path(scratch))
+        verified = open_bundle(target, Path(scratch))
     files = ", ".join(verified.manifest["files"])
     out.print(f"[green]{target}[/]: {files} (checksums verified)", highlight=False)
 
@@ -385,8 +386,8 @@ def package(
 def _bundle_benchmarks(model: Path, providers: str, batch: str, threads: int | None, duration: float):
     if providers == "none":
         return [], None
-    from vitdeploy import bench as B
-    from vitdeploy.progress import progress_bar
+    from vitdeploy.bench import measure as B
+    from vitdeploy.core.progress import progress_bar
 
     try:
         batches = tuple(int(b) for b in batch.split(","))
@@ -418,11 +419,11 @@ def predict(
     """Classify images with a bundle (checksums verified first; needs no PyTorch)."""
     import tempfile
 
-    from vitdeploy import bundle as B
-    from vitdeploy import predict as P
-    from vitdeploy.imaging import IMAGE_SUFFIXES
-    from vitdeploy.progress import progress_bar
-    from vitdeploy.results import result_writer
+    from vitdeploy.core.progress import progress_bar
+    from vitdeploy.runtime import bundle as B
+    from vitdeploy.runtime import predict as P
+    from vitdeploy.runtime.imaging import IMAGE_SUFFIXES
+    from vitdeploy.runtime.results import result_writer
 
     if json_lines and csv_rows:
         raise UserError("choose one of --json and --csv")
@@ -430,7 +431,7 @@ def predict(
         opened = B.open_bundle(bundle, Path(scratch))
         run = P.runner(opened, provider, threads)
         if provider == "cpu":
-            from vitdeploy.cpu import cpu_isa
+            from vitdeploy.core.cpu import cpu_isa
 
             risk = P.int8_saturation_risk(opened.manifest.get("quantization"), cpu_isa())
             if risk:
@@ -438,7 +439,7 @@ def predict(
         tally = P.Tally()
         fmt = "json" if json_lines else "csv" if csv_rows else "text"
         with result_writer(output, fmt, top_k) as write, progress_bar(refresh_per_second=2) as bar:
-            from vitdeploy.reader import image_paths
+            from vitdeploy.runtime.reader import image_paths
 
             # Counted first (a directory walk, no image read) so the bar shows progress and time left.
             task = bar.add_task("predicting", total=sum(1 for _ in image_paths(images)))
@@ -471,7 +472,7 @@ def data_get(
     cache_dir: Annotated[Path | None, typer.Option(help="default: $VITDEPLOY_CACHE or ~/.cache/vitdeploy")] = None,
 ) -> None:
     """Decode a dataset once into the cache (download CIFAR-10 when online)."""
-    from vitdeploy.data import DataStore
+    from vitdeploy.data.datasets import DataStore
 
     store = DataStore(cache_dir)
     if from_ is not None:

@@ -1,0 +1,443 @@
+"""Runs a recipe: stages in PyTorch, export, optimize, quantize, evaluate, manifest.
+
+Intermediate files live in `<output.dir>/.work/<name>/`; stage outputs there are reused
+when the model, its weights and the stages so far are unchanged. Final artifacts are
+renamed into `<output.dir>` only after every gate passed, and the manifest is written last,
+so a failed or interrupted build leaves no half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from vitdeploy import __version__
+from vitdeploy.core.errors import BuildError
+from vitdeploy.core.progress import console
+from vitdeploy.core.storage import sha256_file, write_json_atomic
+from vitdeploy.data.datasets import ImageSet, data_identity, load_split, preprocess
+from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
+from vitdeploy.onnx.fusion import optimize_transformer
+from vitdeploy.onnx.graph import stamp_preprocess
+from vitdeploy.onnx.quantize import ArrayCalibrationReader, quantize_model
+from vitdeploy.recipe.schema import Recipe
+from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session
+from vitdeploy.torch.evaluate import torch_accuracy
+from vitdeploy.torch.export import INPUT_NAME, Parity, check_parity, export_onnx
+from vitdeploy.torch.models import count_macs, count_parameters, create_model, describe, load_model, save_weights
+from vitdeploy.torch.stages import StageContext, get_stage
+
+
+def work_dir(recipe: Recipe) -> Path:
+    return recipe.output.dir / ".work" / recipe.artifact_name
+
+
+def referenced_files(value: object) -> list[Path]:
+    """Every existing file a config refers to (checkpoints, teachers), in order."""
+    if isinstance(value, Path):
+        return [value] if value.is_file() else []
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in referenced_files(v)]
+    if isinstance(value, list | tuple):
+        return [f for v in value for f in referenced_files(v)]
+    return []
+
+
+def stage_keys(recipe: Recipe) -> list[str]:
+    """Identity of the model after each stage, in order.
+
+    Each key covers the model spec and its checkpoint's content, the data (content fingerprint,
+    splits, preprocessing) and every stage config up to it with the content of each file they
+    name (a teacher's weights, say). Anything else that changes leaves the cache valid. One
+    running hash: every file and the data are read once, however many stages there are.
+    """
+    h = hashlib.sha256(recipe.model.model_dump_json().encode())
+    h.update(json.dumps(data_identity(recipe.data), sort_keys=True).encode())
+    for path in referenced_files(recipe.model):
+        h.update(sha256_file(path).encode())
+    keys = []
+    for cfg in recipe.stages:
+        h.update(cfg.cache_json().encode())
+        for path in referenced_files(cfg):
+            h.update(sha256_file(path).encode())
+        keys.append(h.copy().hexdigest()[:12])
+    return keys
+
+
+def stage_key(recipe: Recipe, upto: int) -> str:
+    """The key of the model after stage `upto` (see `stage_keys`)."""
+    return stage_keys(recipe)[upto]
+
+
+def run_stages(recipe: Recipe, device: torch.device, checkpoint_every_s: float = 300.0) -> tuple[nn.Module, list[dict]]:
+    """Apply the recipe's stages in order, reusing a stage's saved output when it is current.
+
+    Each stage's output is saved with its architecture, so a cached pruned, distilled or
+    Nyström model rebuilds exactly. The report is written after the weights: a stage folder
+    with both is complete. Returns the model and one report per stage position.
+    """
+    model = create_model(recipe.model)
+    splits: dict = {}
+    reports = []
+    for i, (cfg, key) in enumerate(zip(recipe.stages, stage_keys(recipe), strict=True)):
+        folder = work_dir(recipe) / f"{i}-{cfg.stage}-{key}"
+        weights, report_file = folder / "model.safetensors", folder / "report.json"
+        cached = weights.is_file() and report_file.is_file()
+        if cached:
+            console.print(f"[cyan]stage {i} {cfg.stage}: reusing {weights}")
+            model, report = load_model(weights), json.loads(report_file.read_text())
+        else:
+            console.rule(f"stage {i}: {cfg.stage}")
+            ctx = StageContext(
+                recipe=recipe, device=device, work_dir=folder, index=i, checkpoint_every_s=checkpoint_every_s, _splits=splits
+            )
+            model = get_stage(cfg.stage)(model, ctx, cfg)
+            report = ctx.report
+            save_weights(model, weights)
+            write_json_atomic(report_file, report)
+        reports.append(
+            {"index": i, "stage": cfg.stage, "config": cfg.model_dump(mode="json"), "cached": cached, "report": report}
+        )
+    return model.to(device).eval(), reports
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def step(self, name: str, busy: str | None = None) -> Iterator[None]:
+        """Time a build step; `busy` shows a spinner with that text (steps without a progress bar)."""
+        console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        with console.status(busy) if busy else contextlib.nullcontext():
+            yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        console.print(f"[dim]{name}: {self.seconds[name]:.1f} s")
+
+
+def environment(runtimes: list[str]) -> dict:
+    """Where the build ran: the machine record `bench` writes too, and the build's libraries."""
+    import onnx
+    import timm
+
+    from vitdeploy.runtime.environment import machine_record
+
+    record = machine_record(openvino=any(r != "onnxruntime" for r in runtimes))
+    return record | {
+        "vitdeploy": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "onnx": onnx.__version__,
+        "cpu_count": record["logical_cores"],
+    }
+
+
+def file_record(path: Path) -> dict:
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def clean(recipe: Recipe) -> int:
+    """Remove the recipe's cache (stage outputs, training checkpoints, work files); bytes freed."""
+    work = work_dir(recipe)
+    freed = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.is_dir() else 0
+    shutil.rmtree(work, ignore_errors=True)
+    remove_stale_temporaries(recipe)
+    return freed
+
+
+def remove_stale_temporaries(recipe: Recipe) -> None:
+    """Temporary files a killed build left behind (a clean exit removes its own)."""
+    out, name = recipe.output.dir, recipe.artifact_name
+    for tmp in [*out.glob(f".{name}.*.tmp"), *work_dir(recipe).rglob(".*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def build(
+    recipe: Recipe, recipe_path: Path, device: torch.device, *, fresh: bool = False, checkpoint_every_s: float = 300.0
+) -> dict:
+    """Build the recipe's artifacts; returns the manifest (also written beside them).
+
+    Rerunning an interrupted build continues from what it saved: finished stages, and the
+    training state of the stage it was in. `fresh` drops all of that first.
+    """
+    started = time.perf_counter()
+    timer = Timer()
+    if fresh:
+        clean(recipe)
+    remove_stale_temporaries(recipe)
+    work = work_dir(recipe)  # created by the first file written there: bad input leaves nothing behind
+    pre = recipe.data.preprocess
+
+    with timer.step("stages"):
+        model, stage_reports = run_stages(recipe, device, checkpoint_every_s)
+    img_size = model.patch_embed.img_size[0]
+    with timer.step("data"):
+        eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
+        parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
+    cal_images, smoothing = None, None  # calibration images: read once, when first needed
+    if recipe.quantize.mode != "none" and recipe.quantize.smooth_alpha:
+        with timer.step("smooth", "SmoothQuant: folding activation scales into the weights"):
+            cal_images = calibration_images(recipe, img_size)
+            smoothing = smooth_step(recipe, model, cal_images, device)
+    with timer.step("export", "exporting to ONNX and checking parity on real images"):
+        raw = export_onnx(model, recipe.export, img_size, work / "export.onnx")
+        parity_raw = check_parity(model, raw, parity_set, pre, img_size)
+    fp32 = work / "fp32.onnx"
+    with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer, checking parity"):
+        optimize_report = optimize_step(recipe, raw, fp32)
+        parity = check_parity(model, fp32, parity_set, pre, img_size)
+    check_parity_gate(recipe, parity)
+    int8, quantize_report = None, None
+    if recipe.quantize.mode != "none":
+        int8 = work / "int8.onnx"
+        with timer.step("quantize", f"{recipe.quantize.mode} INT8 quantization (calibrating when static)"):
+            if cal_images is None and uses_calibration(recipe):
+                cal_images = calibration_images(recipe, img_size)
+            quantize_report = quantize_step(recipe, fp32, int8, cal_images) | {"smoothquant": smoothing}
+    with timer.step("evaluate"):
+        top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
+        runtimes = check_runtimes(recipe, model, parity_set, eval_set, fp32, int8, top1, parity)
+    check_accuracy_gate(recipe, top1)
+
+    preprocessing = preprocessing_record(recipe, img_size, eval_set.classes)
+    for path in (fp32, int8):
+        if path is not None:
+            stamp_preprocess(path, preprocessing)
+    # Every gate passed: publish. Renames are atomic; the manifest goes last.
+    files = publish(recipe, model, fp32, int8)
+    manifest = {
+        **recipe_record(recipe, recipe_path),
+        "model": model_record(model, img_size),
+        "preprocess": preprocessing,
+        "artifacts": files,
+        "export": {
+            **recipe.export.model_dump(mode="json", include={"exporter", "opset", "split_qkv", "dynamic_batch"}),
+            "parity_exported": parity_raw.as_dict(),
+            "parity": parity.as_dict(),
+        },
+        "optimize": optimize_report,
+        "quantize": quantize_report,
+        "evaluate": {"split": recipe.data.eval_split, "images": len(eval_set), "top1": top1},
+        "runtimes": runtimes,
+        "stages": stage_reports,
+        "sizes_bytes": {k: v["bytes"] for k, v in files.items()},
+        "timings_s": timer.seconds | {"total": round(time.perf_counter() - started, 2)},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "environment": environment(recipe.runtimes),
+    }
+    write_json_atomic(recipe.output.dir / f"{recipe.artifact_name}.json", manifest)
+    return manifest
+
+
+def check_parity_gate(recipe: Recipe, parity: Parity) -> None:
+    if parity.top1_agreement < recipe.export.min_top1_agreement:
+        raise BuildError(
+            f"ONNX parity failed: top-1 agreement {parity.top1_agreement:.2%} < "
+            f"{recipe.export.min_top1_agreement:.2%} (max |logit diff| {parity.max_abs_logit_diff:.3g}); "
+            "no artifact written"
+        )
+
+
+def model_record(model: nn.Module, img_size: int) -> dict:
+    return {"parameters": count_parameters(model), "macs": count_macs(model, img_size), "architecture": describe(model).summary()}
+
+
+def portable(recipe: Recipe) -> bool:
+    """Runtimes other than ONNX Runtime read standard ONNX operators only."""
+    return any(r != "onnxruntime" for r in recipe.runtimes)
+
+
+def optimize_step(recipe: Recipe, raw: Path, fp32: Path) -> dict | None:
+    if not recipe.optimize.enabled:
+        shutil.copyfile(raw, fp32)
+        return None
+    if portable(recipe):
+        # ORT's fusions emit its own operators (Attention, BiasGelu, ...) other runtimes cannot read.
+        shutil.copyfile(raw, fp32)
+        return {"skipped": f"runtimes {recipe.runtimes}: standard ONNX operators only, no ONNX Runtime fusions"}
+    fuse = recipe.optimize.fuse_attention
+    fuse = recipe.quantize.mode != "static" if fuse == "auto" else fuse
+    # Heads 0: ORT reads each block's head count from its graph (pruned blocks differ).
+    return optimize_transformer(raw, fp32, recipe.optimize, 0, 0, fuse)
+
+
+def uses_calibration(recipe: Recipe) -> bool:
+    """Static scales, SmoothQuant and bias correction all read the calibration images."""
+    q = recipe.quantize
+    return q.mode == "static" or (q.mode != "none" and bool(q.smooth_alpha or q.bias_correction))
+
+
+def calibration_images(recipe: Recipe, img_size: int) -> np.ndarray:
+    """The calibration images, preprocessed (the build reads them once for every step that needs them)."""
+    cal = recipe.quantize.calibration
+    cal_set = load_split(recipe.data, cal.split).subset(cal.samples, seed=2)
+    return preprocess(cal_set.images, recipe.data.preprocess, img_size)
+
+
+def smooth_step(recipe: Recipe, model: nn.Module, images: np.ndarray, device: torch.device) -> dict:
+    """SmoothQuant on the calibration images, before export (the FP32 function is unchanged)."""
+    from vitdeploy.torch.smoothing import smooth
+
+    x = torch.from_numpy(images).to(device)
+    ratios = smooth(model, x, recipe.quantize.smooth_alpha, recipe.quantize.calibration.batch_size)
+    return {"alpha": recipe.quantize.smooth_alpha, "activation_max_over_median_after": [round(r, 2) for r in ratios]}
+
+
+def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: np.ndarray | None) -> dict:
+    spec = recipe.quantize
+    reader = ArrayCalibrationReader(INPUT_NAME, images, spec.calibration.batch_size) if spec.mode == "static" else None
+    return quantize_model(fp32, int8, spec, reader, correction_images=images if spec.bias_correction else None)
+
+
+def check_accuracy_gate(recipe: Recipe, top1: dict[str, float]) -> None:
+    if "onnx_int8" not in top1 or recipe.quantize.max_accuracy_drop is None:
+        return
+    drop = 100 * (top1["onnx_fp32"] - top1["onnx_int8"])
+    if drop > recipe.quantize.max_accuracy_drop:
+        raise BuildError(
+            f"INT8 lost {drop:.2f} top-1 points (> quantize.max_accuracy_drop "
+            f"{recipe.quantize.max_accuracy_drop}); no artifact written"
+        )
+
+
+def check_runtimes(
+    recipe: Recipe,
+    model: nn.Module,
+    parity_set: ImageSet,
+    eval_set: ImageSet,
+    fp32: Path,
+    int8: Path | None,
+    top1: dict,
+    fp32_parity: Parity,
+) -> dict:
+    """Parity and top-1 of the artifact on every runtime the recipe names.
+
+    What the build already measured on ONNX Runtime (top-1, the FP32 file's parity) is reused.
+    """
+    final = int8 or fp32
+    pre, size = recipe.data.preprocess, model.patch_embed.img_size[0]
+    report = {}
+    # Read once: every runtime but ONNX Runtime needs standard operators only.
+    foreign = non_standard_ops(final) if any(r != "onnxruntime" for r in recipe.runtimes) else []
+    for runtime in recipe.runtimes:
+        if foreign and runtime != "onnxruntime":
+            raise BuildError(f"runtime {runtime}: the artifact holds non-standard operators {foreign}; no artifact written")
+        if runtime == "onnxruntime":
+            final_top1 = top1.get("onnx_int8", top1["onnx_fp32"])
+            parity = fp32_parity if int8 is None else check_parity(model, final, parity_set, pre, size)
+        else:
+            try:
+                predict = open_predictor(final, runtime)  # compiled once for both checks
+            except ProviderUnavailable as err:  # a CPU without bfloat16, say: nothing to check it on
+                raise BuildError(f"runtime {runtime}: {err}; no artifact written") from None
+            final_top1 = predict_accuracy(predict, eval_set, pre, size, recipe.evaluate.batch_size, f"{runtime} {final.name}")
+            parity = check_parity(model, final, parity_set, pre, size, predict=predict)
+        report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": runtime_version(runtime)}
+    return report
+
+
+def non_standard_ops(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+
+
+def runtime_version(runtime: str) -> str | None:
+    if runtime == "onnxruntime":
+        return ort.__version__
+    from vitdeploy.runtime.openvino import version  # the other runtimes are OpenVINO's
+
+    return version()
+
+
+def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]) -> dict:
+    pre = recipe.data.preprocess
+    return {
+        "input_name": INPUT_NAME,
+        "layout": "NCHW",
+        "img_size": img_size,
+        "scale": "1/255",
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "interpolation": pre.interpolation,
+        "classes": list(classes),
+    }
+
+
+def publish(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None) -> dict[str, dict]:
+    """Rename the checked files into the output folder; returns their records.
+
+    The old manifest goes first: until the new one is written, no manifest describes files
+    that are not its own (a build killed in between leaves files and no manifest).
+    """
+    name, out = recipe.artifact_name, recipe.output.dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").unlink(missing_ok=True)
+    files: dict[str, dict] = {}
+    final = out / f"{name}.onnx"
+    if int8 is not None:
+        os.replace(fp32, out / f"{name}.fp32.onnx")
+        os.replace(int8, final)
+        files["fp32_onnx"] = file_record(out / f"{name}.fp32.onnx")
+    else:
+        os.replace(fp32, final)
+    files["onnx"] = file_record(final)
+    if recipe.stages:
+        save_weights(model, out / f"{name}.safetensors")
+        files["torch"] = file_record(out / f"{name}.safetensors")
+    return files
+
+
+def recipe_record(recipe: Recipe, recipe_path: Path) -> dict:
+    checkpoint = recipe.model.checkpoint
+    return {
+        "name": recipe.artifact_name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "recipe": {
+            "path": str(recipe_path),
+            "sha256": recipe.digest(),
+            "file_sha256": sha256_file(recipe_path) if recipe_path.is_file() else None,
+            "resolved": recipe.model_dump(mode="json"),
+        },
+        "source": {
+            "model": recipe.model.name,
+            "overrides": recipe.model.overrides.model_dump(exclude_none=True),
+            "pretrained": recipe.model.pretrained,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+        },
+    }
+
+
+def evaluate_all(
+    recipe: Recipe, model: nn.Module, device: torch.device, eval_set: ImageSet, fp32: Path, int8: Path | None
+) -> dict[str, float]:
+    """Top-1 of the PyTorch model and each ONNX file on the same images."""
+    bs = recipe.evaluate.batch_size
+    pre = recipe.data.preprocess
+    top1: dict[str, float] = {}
+    if recipe.evaluate.torch:
+        top1["torch"] = torch_accuracy(model, eval_set, pre, device, bs)
+    for key, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+        if path is not None:
+            top1[key] = onnx_accuracy(open_session(path), eval_set, pre, bs, label=key)
+    return top1

@@ -1,0 +1,315 @@
+"""Datasets as decoded uint8 arrays, cached once per source.
+
+Sources are ImageFolder trees (`root/<split>/<class>/*.jpg|png`), either a directory or an
+archive (.tar, .tar.gz, .tgz, .zip) holding one, possibly under a top folder such as
+`cifar10/`. Decoding 60,000 JPEGs takes about a minute on two cores, so each split is decoded
+once into `<cache>/datasets/<name>/<split>.npz` and reused while the source is unchanged.
+
+This module does not import torch: the ONNX runtime path (`vitdeploy bench --data`) uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vitdeploy.core.errors import UserError
+from vitdeploy.core.progress import progress_bar
+from vitdeploy.core.storage import atomic_path
+from vitdeploy.recipe.schema import DataSpec, Preprocess
+from vitdeploy.runtime.imaging import IMAGE_SUFFIXES, RESAMPLE, ImageError, decode, normalize
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One decoded split: uint8 images (N, H, W, 3) and int64 labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, count: int | None, seed: int = 0) -> ImageSet:
+        """A class-balanced-in-expectation random subset, stable for a given seed."""
+        if count is None or count >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
+        return ImageSet(self.images[idx], self.labels[idx], self.classes)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("VITDEPLOY_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "vitdeploy"
+
+
+# ---------------------------------------------------------------- reading sources
+
+
+def source_fingerprint(source: Path) -> str:
+    """Content hash of an archive; listing hash (path, size, mtime) of a folder."""
+    h = hashlib.sha256()
+    if source.is_file():
+        with source.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:
+        for p in sorted(source.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(source)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _safe_member(source: Path, name: str) -> str:
+    """An archive member's name, refused if it would land outside an extraction folder."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise UserError(f"{source}: member {name!r} points outside the archive's folder; refused")
+    return name
+
+
+def _iter_members(source: Path) -> Iterator[tuple[str, bytes]]:
+    """Yield (relative path, file bytes) of every image in a folder or archive."""
+    try:
+        if source.is_dir():
+            for p in sorted(source.rglob("*")):
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                    yield p.relative_to(source).as_posix(), p.read_bytes()
+        elif zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as zf:
+                for name in sorted(zf.namelist()):
+                    if _safe_member(source, name).lower().endswith(IMAGE_SUFFIXES):
+                        yield name, zf.read(name)
+        elif tarfile.is_tarfile(source):
+            with tarfile.open(source) as tf:
+                for m in tf:
+                    if _safe_member(source, m.name) and m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES):
+                        f = tf.extractfile(m)
+                        if f is not None:
+                            yield m.name, f.read()
+        else:
+            raise UserError(f"{source}: not a folder, .zip or .tar(.gz) archive")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise UserError(f"{source}: truncated or corrupt archive ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise UserError(f"{source}: could not be read ({err})") from None
+
+
+def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int | None = None) -> dict[str, ImageSet]:
+    """Decode the splits of an ImageFolder folder or archive into arrays.
+
+    With `splits` None, every folder two levels above an image is a split.
+    """
+    raw: dict[str, list[tuple[str, bytes]]] = {s: [] for s in splits or ()}
+    names: dict[str, list[str]] = {s: [] for s in splits or ()}
+    for name, data in _iter_members(source):
+        parts = name.split("/")
+        if len(parts) < 3:
+            continue
+        split, cls = parts[-3], parts[-2]
+        if splits is None or split in splits:
+            raw.setdefault(split, []).append((cls, data))
+            names.setdefault(split, []).append(name)
+    empty = [s for s, items in raw.items() if not items]
+    if empty or not raw:
+        raise UserError(
+            f"{source}: no images for split(s) {', '.join(sorted(empty)) or '(any)'}; expected "
+            "<root>/<split>/<class>/<image> (e.g. train/cat/0001.jpg)"
+        )
+    classes = tuple(sorted({c for items in raw.values() for c, _ in items}))
+    for split, items in raw.items():
+        absent = sorted(set(classes) - {c for c, _ in items})
+        if absent:
+            names = ", ".join(absent[:5])
+            raise UserError(f"{source}: split '{split}' has no images of class(es) {names}; every class needs images")
+    index = {c: i for i, c in enumerate(classes)}
+    total = sum(len(v) for v in raw.values())
+    out: dict[str, ImageSet] = {}
+    with progress_bar() as bar:
+        task = bar.add_task(f"decoding {source.name}", total=total)
+        for split, items in raw.items():
+            images = []
+            for member, (_, data) in zip(names[split], items, strict=True):
+                try:
+                    images.append(decode(data, size))
+                except ImageError as err:
+                    raise UserError(f"{source}: {member}: {err}") from None
+                bar.advance(task)
+            shapes = {im.shape for im in images}
+            if len(shapes) > 1:
+                raise UserError(f"{source}: images of different sizes {sorted(shapes)[:3]}; set a size")
+            labels = np.array([index[c] for c, _ in items], dtype=np.int64)
+            out[split] = ImageSet(np.stack(images), labels, classes)
+    return out
+
+
+def decode_cifar10_binary(archive: Path) -> dict[str, ImageSet]:
+    """The canonical binary release: records of 1 label byte + 3072 CHW pixel bytes."""
+    batches: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    with tarfile.open(archive) as tf:
+        for m in tf:
+            base = Path(m.name).name
+            split = "test" if base == "test_batch.bin" else "train" if base.startswith("data_batch") else None
+            f = tf.extractfile(m) if split else None
+            if f is not None and split is not None:
+                batches[split].append(np.frombuffer(f.read(), dtype=np.uint8).reshape(-1, 3073))
+    out = {}
+    for split, parts in batches.items():
+        rec = np.concatenate(parts)
+        images = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+        out[split] = ImageSet(images, rec[:, 0].astype(np.int64), CIFAR10_CLASSES)
+    return out
+
+
+# ---------------------------------------------------------------- the cache
+
+
+class DataStore:
+    """Decoded datasets under `<root>/datasets/<name>/`, with a meta.json of their source."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_cache_dir()) / "datasets"
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def meta(self, name: str) -> dict | None:
+        path = self.folder(name) / "meta.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def import_source(self, name: str, source: Path, splits: set[str] | None = None, size: int | None = None) -> dict:
+        """Decode `source` into the cache (skipped when that exact source is already there)."""
+        if not source.exists():
+            raise UserError(f"{source}: no such file or folder")
+        fingerprint = source_fingerprint(source)
+        meta = self.meta(name)
+        if meta and meta["fingerprint"] == fingerprint and meta.get("size") == size:
+            return meta
+        sets = decode_cifar10_binary(source) if _is_cifar_binary(source) else decode_imagefolder(source, splits, size)
+        return self._write(name, sets, str(source.resolve()), fingerprint, size)
+
+    def _write(self, name: str, sets: dict[str, ImageSet], source: str, fingerprint: str, size: int | None) -> dict:
+        folder = self.folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, s in sets.items():
+            with atomic_path(folder / f"{split}.npz") as tmp, tmp.open("wb") as f:
+                np.savez(f, images=s.images, labels=s.labels, classes=np.array(s.classes))
+        meta = {
+            "name": name,
+            "source": source,
+            "fingerprint": fingerprint,
+            "size": size,
+            "splits": {k: len(v) for k, v in sets.items()},
+            "classes": list(next(iter(sets.values())).classes),
+            "image_shape": list(next(iter(sets.values())).images.shape[1:]),
+        }
+        with atomic_path(folder / "meta.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+        return meta
+
+    def load(self, name: str, split: str) -> ImageSet:
+        path = self.folder(name) / f"{split}.npz"
+        if not path.is_file():
+            meta = self.meta(name)
+            if meta is None:
+                where = "" if self.root.parent == default_cache_dir() else f" --cache-dir {self.root.parent}"
+                raise UserError(
+                    f"dataset '{name}' is not in the cache {self.root}; run "
+                    f"`vitdeploy data get {name} --from PATH{where}` (or give data.source in the recipe)"
+                )
+            raise UserError(f"dataset '{name}' has no split '{split}'; it has {sorted(meta['splits'])}")
+        with np.load(path) as z:
+            return ImageSet(z["images"], z["labels"], tuple(str(c) for c in z["classes"]))
+
+    def download_cifar10(self) -> dict:
+        """Fetch the canonical binary CIFAR-10 release (needs internet)."""
+        target = self.root / "_downloads" / Path(CIFAR10_URL).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file():
+            try:
+                with urllib.request.urlopen(CIFAR10_URL, timeout=30) as r, atomic_path(target) as tmp:
+                    tmp.write_bytes(r.read())
+            except OSError as err:
+                raise UserError(
+                    f"could not download {CIFAR10_URL} ({err}); without internet, import a local "
+                    "copy: vitdeploy data get cifar10 --from PATH"
+                ) from None
+        return self.import_source("cifar10", target)
+
+
+def _is_cifar_binary(source: Path) -> bool:
+    if not (source.is_file() and tarfile.is_tarfile(source)):
+        return False
+    with tarfile.open(source) as tf:
+        first = next((m.name for m in tf if m.isfile()), "")
+    return first.endswith(".bin") or "cifar-10-batches-bin" in first
+
+
+def dataset_name(spec: DataSpec) -> str:
+    """Cache name: the dataset name, plus a source hash for ad-hoc ImageFolder sources."""
+    if spec.source is None or spec.dataset == "cifar10":
+        return spec.dataset
+    return f"{spec.dataset}-{hashlib.sha256(str(spec.source).encode()).hexdigest()[:8]}"
+
+
+def load_split(spec: DataSpec, split: str, size: int | None = None) -> ImageSet:
+    """The split a recipe asks for, decoding its source into the cache first if needed."""
+    store = DataStore(spec.cache_dir)
+    name = dataset_name(spec)
+    if spec.source is not None:
+        store.import_source(name, spec.source, {spec.train_split, spec.eval_split}, size)
+    return store.load(name, split)
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def preprocess(images: np.ndarray, spec: Preprocess, size: int | None = None) -> np.ndarray:
+    """uint8 NHWC -> normalized float32 NCHW, resized to `size` if it differs.
+
+    The one preprocessing used to evaluate both PyTorch and ONNX models, so they see the
+    same tensors; its parameters are written to the manifest.
+    """
+    if size is not None and images.shape[1:3] != (size, size):
+        resample = RESAMPLE[spec.interpolation]
+        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), resample)) for im in images])
+    return normalize(images, np.asarray(spec.mean), np.asarray(spec.std))
+
+
+def batches(images: ImageSet, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(images), batch_size):
+        yield images.images[start : start + batch_size], images.labels[start : start + batch_size]
+
+
+def data_identity(spec: DataSpec) -> dict:
+    """What a trained model depends on in the data: which images (by content) and how they are fed."""
+    if spec.source is not None:
+        fingerprint = source_fingerprint(spec.source)
+    else:
+        meta = DataStore(spec.cache_dir).meta(dataset_name(spec)) or {}
+        fingerprint = meta.get("fingerprint", "absent")
+    return {
+        "dataset": dataset_name(spec),
+        "fingerprint": fingerprint,
+        "train_split": spec.train_split,
+        "eval_split": spec.eval_split,
+        "preprocess": spec.preprocess.model_dump(mode="json"),
+    }
