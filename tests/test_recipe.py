@@ -132,3 +132,34 @@ def test_a_quantize_section_without_mode_is_an_error_not_static_int8(tmp_path: P
     with pytest.raises(RecipeError, match=r"quantize.mode: required field is missing"):
         parse_recipe(data)
     assert parse_recipe({"name": "q", "model": {"name": "vit_tiny_patch16_224"}}).quantize.mode == "none"
+
+
+def test_the_shipped_name_lists_match_the_installed_timm_and_onnx_runtime() -> None:
+    """`check` answers from the lists; regenerate them with `python -m vitdeploy.build.known_names`."""
+    import json
+
+    from vitdeploy.build.known_names import current_names
+    from vitdeploy.recipe.known_names import LIST_FILE
+
+    shipped = json.loads(LIST_FILE.read_text())
+    current = current_names()
+    assert shipped["vit_models"] == current["vit_models"]
+    assert shipped["quantizable_op_types"] == current["quantizable_op_types"]
+
+
+def test_check_imports_neither_torch_nor_the_quantizer(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "vit_static_int8.yaml"
+    code = (
+        "import sys\nfrom vitdeploy.cli import main\n"
+        f"sys.argv = ['vitdeploy', 'check', {str(recipe)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "loaded = [m for m in ('torch', 'timm', 'onnxruntime.quantization') if m in sys.modules]\n"
+        "assert not loaded, loaded\nprint('LIGHT')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "LIGHT" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "valid" in done.stdout

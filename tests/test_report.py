@@ -97,3 +97,13 @@ def test_pareto_front_and_method_classification() -> None:
         "model": {"architecture": {"distilled": False}},
     }
     assert method_of(prune)[0] == "prune_0.2" and PAPER["prune_0.2"].top1 == 80.56
+
+
+def test_a_single_user_recipe_gets_no_survey_columns_and_names_its_threads(cifar10: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    mine = write_recipe(tmp_path, "mine", {"mode": "none"})
+    files = run([mine], tmp_path / "report", True, 1, 0.1, None, None, "cpu")
+    md = files["md"].read_text()
+    assert "paper" not in md and "smaller drop" not in md
+    assert "None threads" not in md and "ONNX Runtime's default threads" in md
+    assert "| mine | FP32 |" in md

@@ -22,7 +22,8 @@ from vitdeploy.core.errors import UserError
 from vitdeploy.recipe.schema import Recipe, load_recipe
 
 # The survey's CIFAR-10 table (ImageNet-pretrained ViT-B/16 baseline): top-1 %, size MB, CPU speedup.
-PAPER_BASELINE_TOP1 = 98.94
+SURVEY = json.loads(Path(__file__).with_name("survey.json").read_text())
+PAPER_BASELINE_TOP1: float = SURVEY["baseline_top1"]
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,7 @@ class PaperRow:
         return None if self.top1 is None else self.top1 - PAPER_BASELINE_TOP1
 
 
-PAPER = {
-    "baseline": PaperRow("ViT-B baseline", 98.94, 327, 1.0),
-    "dynamic": PaperRow("dynamic quantization", 98.73, 84, 1.24),
-    "deit_tiny": PaperRow("DeiT-tiny", 95.43, 21),
-    "prune_0.1": PaperRow("pruning r = 0.1", 88.36),
-    "prune_0.2": PaperRow("pruning r = 0.2", 80.56),
-    "nystrom_64": PaperRow("Nyström m = 64", 91.70),
-    "nystrom_32": PaperRow("Nyström m = 32", 75.94),
-    "nystrom_24": PaperRow("Nyström m = 24", 65.91),
-    "deit_quantized": PaperRow("DeiT-base + quantization", 96.75, 84, 2.3),
-}
+PAPER = {key: PaperRow(**row) for key, row in SURVEY["rows"].items()}
 
 
 def method_of(manifest: dict) -> tuple[str, str]:
@@ -97,7 +88,14 @@ class Row:
 
     @property
     def paper(self) -> PaperRow | None:
-        return PAPER.get(self.method_key)
+        """The survey's row for this method, when the artifact was scored on the survey's dataset."""
+        data = self.manifest.get("recipe", {}).get("resolved", {}).get("data", {})
+        return PAPER.get(self.method_key) if data.get("dataset") == SURVEY["dataset"] else None
+
+
+def compares_with_survey(rows: list[Row]) -> bool:
+    """The survey's columns only beside at least one compression method it measured."""
+    return any(r.paper is not None and r.method_key != "baseline" for r in rows)
 
 
 def manifest_path(recipe: Recipe) -> Path:
@@ -144,7 +142,7 @@ def providers_present() -> tuple[str, ...]:
     return ("cpu", "cuda") if "CUDAExecutionProvider" in ort.get_available_providers() else ("cpu",)
 
 
-def measure(rows: list[Row], cfg: B.BenchConfig, baseline: Row, bar) -> dict:
+def time_rows(rows: list[Row], cfg: B.BenchConfig, baseline: Row, bar) -> dict:
     paths = [r.onnx for r in rows]
     results = B.run_grid(B.onnx_cells(paths, cfg), cfg, bar, B.baseline_cells(paths, baseline.onnx, cfg))
     cell = {(r.model, r.provider, r.batch): r for r in results}
@@ -169,15 +167,17 @@ def fmt_pt(v: float | None) -> str:
 
 def table_rows(rows: list[Row], baseline: Row, providers: tuple[str, ...], batches: tuple[int, ...]) -> list[list[str]]:
     base_top1, base_bytes = baseline.top1, baseline.size_bytes
+    survey = compares_with_survey(rows)
     out = []
     for r in rows:
         delta = 100 * (r.top1 - base_top1)
         p = r.paper
-        cells = [
-            r.name, r.method, f"{100 * r.top1:.2f}", fmt_pt(delta),
-            "" if p is None or p.top1 is None else f"{p.top1:.2f}", "" if p is None else fmt_pt(p.delta),
-            "" if p is None or p.delta is None or r is baseline else ("yes" if delta > p.delta else "no"),
-        ]  # fmt: skip
+        cells = [r.name, r.method, f"{100 * r.top1:.2f}", fmt_pt(delta)]
+        if survey:
+            cells += [
+                "" if p is None or p.top1 is None else f"{p.top1:.2f}", "" if p is None else fmt_pt(p.delta),
+                "" if p is None or p.delta is None or r is baseline else ("yes" if delta > p.delta else "no"),
+            ]  # fmt: skip
         for provider in providers:
             for b in batches:
                 s = r.speed.get(provider, {}).get(b)
@@ -193,24 +193,30 @@ def table_rows(rows: list[Row], baseline: Row, providers: tuple[str, ...], batch
     return out
 
 
-def headers(providers: tuple[str, ...], batches: tuple[int, ...]) -> list[str]:
+def headers(providers: tuple[str, ...], batches: tuple[int, ...], survey: bool) -> list[str]:
     speed = [f"{p.upper()} b{b} img/s" for p in providers for b in batches]
-    return ["artifact", "method", "top-1 %", "Δ pt", "paper top-1 %", "paper Δ pt", "smaller drop", *speed,
-            "size MB", "size vs base", "params", "MACs"]  # fmt: skip
+    paper = ["paper top-1 %", "paper Δ pt", "smaller drop"] if survey else []
+    return ["artifact", "method", "top-1 %", "Δ pt", *paper, *speed, "size MB", "size vs base", "params", "MACs"]
+
+
+def threads_text(threads: list[int | None]) -> str:
+    return ", ".join("ONNX Runtime's default" if t is None else str(t) for t in threads)
 
 
 def markdown(rows, baseline, env, providers, batches, notes) -> str:
-    head = headers(providers, batches)
+    survey = compares_with_survey(rows)
+    head = headers(providers, batches, survey)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(c) + " |" for c in table_rows(rows, baseline, providers, batches)]
     isa = ", ".join(k for k, v in env.get("cpu_isa", {}).items() if v)
     intro = (
         f"# vitdeploy report\n\nBaseline: `{baseline.name}` ({100 * baseline.top1:.2f} % top-1). Δ: each artifact's top-1 minus "
-        f"the baseline's, on {baseline.manifest['evaluate']['images']:,} `{baseline.manifest['evaluate']['split']}` images; "
-        f"the paper's Δ is against its ViT-B baseline ({PAPER_BASELINE_TOP1} %). Throughput: batch / median latency, "
+        f"the baseline's, on {baseline.manifest['evaluate']['images']:,} `{baseline.manifest['evaluate']['split']}` images"
+        + (f"; the paper's Δ is against its ViT-B baseline ({PAPER_BASELINE_TOP1} %)" if survey else "")
+        + ". Throughput: batch / median latency, "
         f"{env['config']['rounds']} paired rounds; (×) is the speedup over the baseline paired round by round.\n\n"
         f"Measured on {env['cpu']} ({isa}; {env['logical_cores']} logical cores, "
-        f"{', '.join(str(t) for t in env['config']['threads'])} threads), ONNX Runtime {env['onnxruntime']}"
+        f"{threads_text(env['config']['threads'])} threads), ONNX Runtime {env['onnxruntime']}"
         + (f", GPU {env['gpu']}" if env.get("gpu") else "")
         + ".\n\n![top-1 against CPU throughput](accuracy_vs_throughput.png) ![top-1 against size](accuracy_vs_size.png)\n\n"
     )
@@ -281,7 +287,9 @@ def write(rows: list[Row], baseline: Row, env: dict, out: Path, providers, batch
     md = markdown(rows, baseline, env, providers, batches, notes)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(
-        html_page(table_rows(rows, baseline, providers, batches), headers(providers, batches), md, images)
+        html_page(
+            table_rows(rows, baseline, providers, batches), headers(providers, batches, compares_with_survey(rows)), md, images
+        )
     )
     data = {
         "baseline": baseline.name,
@@ -344,5 +352,5 @@ def run(
         from vitdeploy.core.progress import progress_bar
 
         with progress_bar(refresh_per_second=1) as bar:  # builds (above) show their own progress
-            env = measure(rows, cfg, baseline, bar)
+            env = time_rows(rows, cfg, baseline, bar)
     return write(rows, baseline, env, out, providers, batches, notes)

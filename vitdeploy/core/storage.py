@@ -26,9 +26,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are ordinary files
     try:
         yield tmp
+        # mkstemp makes 0600, and some writers (safetensors) make their own file: artifacts are
+        # ordinary files, so the mode is set on whatever stands at `tmp` now.
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

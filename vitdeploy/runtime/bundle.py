@@ -59,6 +59,8 @@ def open_bundle(path: Path, scratch: Path | None = None) -> Bundle:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such bundle")
+    if path.suffix == ".onnx":
+        raise UserError(f"{path}: a model, not a bundle; package it first: vitdeploy package {path} --out {path.stem}.tar.gz")
     if not path.is_dir() and scratch is None:
         scratch = Path(tempfile.mkdtemp(prefix="vitdeploy-bundle-"))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
@@ -112,7 +114,8 @@ def extract(archive: Path, into: Path) -> Path:
                     raise UserError(f"{archive}: member {m.name!r} is {m.size} bytes; refused")
             tf.extractall(into, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
-        raise UserError(f"{archive}: not a readable bundle archive ({err})") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{archive}: not a readable bundle archive ({first}); bundles come from `vitdeploy package`") from None
     return into
 
 

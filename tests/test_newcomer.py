@@ -1,0 +1,59 @@
+"""Mistakes a newcomer makes, each answered in one line with what to do instead."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from vitdeploy import __version__
+from vitdeploy.cli import app
+
+from .conftest import tiny_vit
+
+runner = CliRunner()
+
+
+def test_short_version_flag() -> None:
+    done = runner.invoke(app, ["-V"])
+    assert done.exit_code == 0 and __version__ in done.output
+
+
+def test_bench_with_a_missing_model_stops_before_measuring(tmp_path: Path) -> None:
+    done = runner.invoke(app, ["bench", str(tmp_path / "nope.onnx"), "--iters", "5"])
+    assert done.exit_code == 2
+    assert "no such model file" in done.output and "nope.onnx" in done.output
+    assert "Traceback" not in done.output and "FileNotFoundError" not in done.output
+
+
+def test_predict_on_a_bare_model_says_to_package_it(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not really a model")
+    (tmp_path / "a.jpg").write_bytes(b"")
+    done = runner.invoke(app, ["predict", str(model), str(tmp_path / "a.jpg")])
+    assert done.exit_code == 2
+    assert "package it first" in done.output and "vitdeploy package" in done.output
+    assert len(done.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")
+def test_a_gpu_provider_that_is_not_installed_is_refused_with_the_install_line(tmp_path: Path) -> None:
+    from vitdeploy.runtime.sessions import ProviderUnavailable, open_session
+
+    with pytest.raises(ProviderUnavailable, match=r"pip install 'vitdeploy\[gpu\]'"):
+        open_session(tmp_path / "m.onnx", "cuda")
+
+
+def test_saved_weights_are_ordinary_files(tmp_path: Path) -> None:
+    from vitdeploy.torch.models import save_weights
+
+    old = os.umask(0o022)
+    try:
+        save_weights(tiny_vit(), tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
