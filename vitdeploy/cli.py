@@ -87,6 +87,7 @@ def _validate(recipe_path: Path):
     Names on the shipped lists pass without importing timm or ONNX Runtime's quantizer (a
     recipe checks in well under a second); any other name is asked of the installed library.
     """
+    from vitdeploy.data.classes import check_head_matches
     from vitdeploy.recipe.known_names import are_quantizable, is_known_vit
     from vitdeploy.recipe.schema import RecipeError, load_recipe
 
@@ -100,6 +101,7 @@ def _validate(recipe_path: Path):
             from vitdeploy.onnx.quantize import check_op_types
 
             check_op_types(recipe.quantize.op_types, recipe.quantize.mode)
+        check_head_matches(recipe.model, recipe.data)
     except UserError as e:
         raise RecipeError(str(recipe_path), [str(e)]) from None
     return recipe

@@ -30,6 +30,7 @@ from vitdeploy import __version__
 from vitdeploy.core.errors import BuildError
 from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, write_json_atomic
+from vitdeploy.data.classes import check_head_matches, mismatch
 from vitdeploy.data.datasets import ImageSet, data_identity, load_split, preprocess
 from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
 from vitdeploy.onnx.fusion import optimize_transformer
@@ -186,12 +187,15 @@ def build(
     work = work_dir(recipe)  # created by the first file written there: bad input leaves nothing behind
     pre = recipe.data.preprocess
 
+    check_head_matches(recipe.model, recipe.data)  # before any training: both counts known without work
     with timer.step("stages"):
         model, stage_reports = run_stages(recipe, device, checkpoint_every_s)
     img_size = model.patch_embed.img_size[0]
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
         parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
+    if model.num_classes != len(eval_set.classes):  # never publish outputs that labels cannot name
+        raise BuildError(f"{mismatch(model.num_classes, eval_set.classes, recipe.data.dataset)}; no artifact written")
     cal_images, smoothing = None, None  # calibration images: read once, when first needed
     if recipe.quantize.mode != "none" and recipe.quantize.smooth_alpha:
         with timer.step("smooth", "SmoothQuant: folding activation scales into the weights"):
