@@ -25,7 +25,7 @@ from pathlib import Path
 from vitdeploy.bench import measure as B
 from vitdeploy.build.packaging import package
 from vitdeploy.runtime.bundle import open_bundle
-from vitdeploy.runtime.predict import Tally, predict, runner
+from vitdeploy.runtime.predict import Tally, bundle_predictor, predict
 from vitdeploy.runtime.results import csv_writer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def main() -> None:
     images = test_jpegs(args.images)
     bundle_dir = args.artifact.with_name(args.artifact.name.removesuffix(".onnx") + ".bundle")
     bundle = open_bundle(package(args.artifact, bundle_dir))
-    run = runner(bundle, args.provider, args.threads)
+    run = bundle_predictor(bundle, args.provider, args.threads)
     cfg = B.BenchConfig(providers=(args.provider,), batches=(args.batch,), threads=(args.threads,), duration_s=1.5)
     folders = sorted(p for p in images.iterdir() if p.is_dir())
     rows = []

@@ -20,7 +20,7 @@ from vitdeploy.cli import app
 from vitdeploy.core.errors import UserError
 from vitdeploy.data.datasets import DataStore
 from vitdeploy.runtime.bundle import open_bundle
-from vitdeploy.runtime.predict import Failure, Prediction, Tally, predict, runner
+from vitdeploy.runtime.predict import Failure, Prediction, Tally, bundle_predictor, predict
 
 from .test_pipeline import teacher_recipe
 
@@ -59,7 +59,7 @@ def test_bundle_holds_what_a_device_needs_and_verifies(built: Path) -> None:
 def test_predict_matches_the_builds_top1_on_the_same_images(built: Path) -> None:
     b = open_bundle(package(built / "out" / "edge.onnx", built / "p.bundle"))
     tally = Tally()
-    items = list(predict(b, [built / "images"], runner(b, "cpu", None), batch=7, top_k=3, tally=tally))
+    items = list(predict(b, [built / "images"], bundle_predictor(b, "cpu", None), batch=7, top_k=3, tally=tally))
     manifest = json.loads((built / "out" / "edge.json").read_text())
     assert tally.images == tally.labelled == SAMPLES and tally.failed == 0
     assert tally.top1 == pytest.approx(manifest["evaluate"]["top1"]["onnx_int8"], abs=1e-9)
@@ -118,7 +118,7 @@ def test_failures_are_reported_in_order_with_the_rest(built: Path, tmp_path: Pat
     (tmp_path / "in").mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in" / "a.png")
     (tmp_path / "in" / "b.png").write_bytes(b"nope")
-    out = list(predict(b, [tmp_path / "in"], runner(b, "cpu", 1), batch=1))
+    out = list(predict(b, [tmp_path / "in"], bundle_predictor(b, "cpu", 1), batch=1))
     assert [type(o) for o in out] == [Prediction, Failure]
 
 
@@ -131,13 +131,13 @@ def test_predict_on_openvino_agrees_with_onnx_runtime(built: Path) -> None:
     tallies = {}
     for provider in ("cpu", "openvino", "openvino-bf16") if bf16 else ("cpu", "openvino"):
         tallies[provider] = Tally()
-        list(predict(b, [built / "images"], runner(b, provider, 2), batch=16, tally=tallies[provider]))
+        list(predict(b, [built / "images"], bundle_predictor(b, provider, 2), batch=16, tally=tallies[provider]))
     for provider, tally in tallies.items():
         assert tally.images == SAMPLES
         assert abs(tally.correct - tallies["cpu"].correct) <= 2, provider
     if not bf16:
         with pytest.raises(UserError, match="no bfloat16 support"):
-            runner(b, "openvino-bf16", 2)
+            bundle_predictor(b, "openvino-bf16", 2)
 
 
 def test_package_cli_benchmarks_into_the_bundle(built: Path) -> None:

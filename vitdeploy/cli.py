@@ -440,7 +440,7 @@ def predict(
         raise UserError("choose one of --json and --csv")
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bundle-") as scratch:
         opened = B.open_bundle(bundle, Path(scratch))
-        run = P.runner(opened, provider, threads)
+        run = P.bundle_predictor(opened, provider, threads)
         if provider == "cpu":
             from vitdeploy.core.cpu import cpu_isa
 

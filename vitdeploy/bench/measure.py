@@ -287,7 +287,7 @@ def open_runner(
             raise RuntimeError(f"{err}; skipped") from None
         shape = [batch, *list(compiled.inputs[0].get_shape())[1:]]
         x = rng.standard_normal(shape, dtype=np.float32)
-        return ovr.runner(compiled, x), compiled
+        return ovr.bound_request(compiled, x), compiled
     session = open_session(path, provider, threads, cfg)
     name, x = model_input(session, batch, rng)
     return make_runner(session, name, x, provider, cfg), session

@@ -80,7 +80,7 @@ def compile_model(path: Path, batch: int | None, threads: int | None, precision:
     return core.compile_model(model, "CPU", _config(threads, latency=True, precision=precision))
 
 
-def runner(compiled, x: np.ndarray) -> Callable[[], object]:
+def bound_request(compiled, x: np.ndarray) -> Callable[[], object]:
     """One synchronous inference on `x`, the input already bound (copies are not timed)."""
     import openvino as ov
 

@@ -48,7 +48,7 @@ class Tally:
 # ---------------------------------------------------------------- runtime
 
 
-def runner(bundle: Bundle, provider: str, threads: int | None) -> Runner:
+def bundle_predictor(bundle: Bundle, provider: str, threads: int | None) -> Runner:
     """The bundle's model on ONNX Runtime (cpu, cuda, tensorrt) or OpenVINO's CPU runtime."""
     expected = bundle.manifest["model"].get("input", {})
     if expected.get("dtype", "float32") != "float32":

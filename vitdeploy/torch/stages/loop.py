@@ -158,7 +158,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 @dataclass
-class Progress:
+class TrainingProgress:
     """Where training stands; saved with the weights so a killed build resumes mid-epoch.
 
     `order` is the current epoch's batch order and `step` the next batch in it; the sums
@@ -192,7 +192,7 @@ class Checkpointer:
         self.rank = rank
         self.last = time.perf_counter()
 
-    def restore(self, model, optimizer, scheduler, augment: BatchAugment) -> Progress | None:
+    def restore(self, model, optimizer, scheduler, augment: BatchAugment) -> TrainingProgress | None:
         if not self.path.is_file():
             return None
         try:
@@ -207,12 +207,12 @@ class Checkpointer:
         augment.gen.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
         p = json.loads(state["progress"])
-        return Progress(order=state.get("order"), history=p.pop("history"), **p)
+        return TrainingProgress(order=state.get("order"), history=p.pop("history"), **p)
 
     def due(self) -> bool:
         return time.perf_counter() - self.last >= self.every_s
 
-    def save(self, model, optimizer, scheduler, augment: BatchAugment, progress: Progress) -> None:
+    def save(self, model, optimizer, scheduler, augment: BatchAugment, progress: TrainingProgress) -> None:
         self.last = time.perf_counter()
         if self.rank != 0:
             return
@@ -245,10 +245,10 @@ class Run:
     cfg: TrainingConfig
     amp_dtype: torch.dtype | None  # None: no autocast
 
-    def save(self, progress: Progress) -> None:
+    def save(self, progress: TrainingProgress) -> None:
         self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.augment, progress)
 
-    def epoch(self, progress: Progress, bar, task) -> None:
+    def epoch(self, progress: TrainingProgress, bar, task) -> None:
         """Train the rest of the current epoch from `progress.step`, checkpointing when due."""
         cfg, count = self.cfg, len(self.labels)
         self.model.train()
@@ -326,7 +326,7 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
     progress = run.checkpoints.restore(model, run.optimizer, run.scheduler, run.augment)
     if progress is not None and run.rank == 0:
         console.print(f"[cyan]resuming {name} at epoch {progress.epoch + 1}, step {progress.step} ({run.checkpoints.path})")
-    progress = progress or Progress()
+    progress = progress or TrainingProgress()
     started = time.perf_counter()
     with progress_bar() as bar:
         while progress.epoch < (progress.planned_epochs or cfg.epochs):
@@ -355,7 +355,7 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
     }
 
 
-def plan_to_budget(run: Run, progress: Progress, first: dict[str, Any], name: str) -> None:
+def plan_to_budget(run: Run, progress: TrainingProgress, first: dict[str, Any], name: str) -> None:
     """After the first epoch: as many epochs as fit in `max_minutes` at its pace, the schedule
     shrunk to match, so the run ends where its learning rate does."""
     cfg = run.cfg
@@ -383,7 +383,7 @@ def optimize(model: nn.Module, loss: torch.Tensor, optimizer, scheduler, scaler,
     scheduler.step()
 
 
-def finish_epoch(model, held_out, pre, device, scheduler, progress: Progress) -> dict[str, Any]:
+def finish_epoch(model, held_out, pre, device, scheduler, progress: TrainingProgress) -> dict[str, Any]:
     """Score the epoch, append it to the history and move `progress` to the next epoch."""
     t0 = time.perf_counter()
     eval_acc = torch_accuracy(model, held_out, pre, device, batch_size=256, label=None)
