@@ -57,3 +57,36 @@ def test_saved_weights_are_ordinary_files(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("python_has_data_filter", [True, False])
+def test_bundle_archives_open_on_pythons_with_and_without_tarfiles_data_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_has_data_filter: bool
+) -> None:
+    """Debian 12's Python 3.11.2 (a common device image) predates tarfile's filter argument."""
+    import json
+    import tarfile
+
+    from vitdeploy.core.storage import sha256_file
+    from vitdeploy.runtime.bundle import open_bundle
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"weights")
+    (folder / "labels.txt").write_text("cat\ndog\n")
+    (folder / "preprocess.json").write_text(json.dumps({"size": 32}))
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in folder.iterdir()}
+    (folder / "bundle.json").write_text(json.dumps({"format": 1, "files": files, "model": {"file": "model.onnx"}}))
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as tf:
+        for p in sorted(folder.iterdir()):
+            tf.add(p, arcname=p.name)
+    if not python_has_data_filter:  # extractall as Python 3.11.2 has it: no filter argument
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+        original = tarfile.TarFile.extractall
+
+        def extractall_without_filter(self, path=".", members=None, *, numeric_owner=False):
+            return original(self, path, members, numeric_owner=numeric_owner)
+
+        monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filter)
+    opened = open_bundle(tmp_path / "b.tar.gz", tmp_path / "scratch")
+    assert opened.labels == ["cat", "dog"] and opened.model.read_bytes() == b"weights"

@@ -112,7 +112,10 @@ def extract(archive: Path, into: Path) -> Path:
                     raise UserError(f"{archive}: member {m.name!r} is not a plain top-level file; refused")
                 if m.size > MAX_MEMBER_BYTES:
                     raise UserError(f"{archive}: member {m.name!r} is {m.size} bytes; refused")
-            tf.extractall(into, members=members, filter="data")
+            # Every member was checked above to be a plain top-level file; Python's own "data"
+            # filter (3.11.4+, 3.10.12+) is a second guard where the interpreter has it.
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(into, members=members, **safe)
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"{archive}: not a readable bundle archive ({first}); bundles come from `vitdeploy package`") from None
