@@ -250,14 +250,15 @@ def bench(
     paths = _expand(models)
     if not paths:
         raise UserError(f"no model matches {' '.join(models)}")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise UserError(f"no such model file: {', '.join(missing)}")
     cfg = B.BenchConfig(
         providers=provider_list(provider), batches=batches, threads=thread_list,
         warmup=warmup, duration_s=duration, iters=iters, min_iters=min_iters, rounds=rounds,
         include_copies=include_copies, cuda_graph=cuda_graph, profile_dir=profile,
     )  # fmt: skip
+    # after the options (a wrong provider is named first), before anything is measured
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"no such model file: {', '.join(missing)}")
     from vitdeploy.core.progress import progress_bar
 
     cells = B.onnx_cells(paths, cfg)
