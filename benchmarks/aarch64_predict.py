@@ -11,8 +11,8 @@ and compares every image's top-1 label and probabilities with this machine's run
 
 Emulation checks correctness, not speed. Debian 12's qemu-user (7.2) stops with a segmentation
 fault while importing onnxruntime 1.32's aarch64 wheel, under every emulated CPU model tried;
-1.22.1 runs, so the emulated device uses that release by default (--onnxruntime); any release
-at or above the bundle's `min_onnxruntime` may run a bundle. The root and the wheels are made once (minutes) and
+qemu 10 (bookworm-backports' `qemu-user`, its `qemu-aarch64` is static) runs it: pass that
+binary as --qemu. With Debian 12's own qemu, --onnxruntime 1.22.1 runs. The root and the wheels are made once (minutes) and
 reused. Test images come from the CIFAR-10 archive in ../shared/data unless --folder is given.
 """
 
@@ -105,7 +105,8 @@ def main() -> None:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--folder", type=Path, help="images to classify (default: CIFAR-10 test images)")
     ap.add_argument("--images", type=int, default=250)
-    ap.add_argument("--onnxruntime", default="1.22.1", help="onnxruntime release on the emulated device")
+    ap.add_argument("--onnxruntime", default="1.32.0", help="onnxruntime release on the emulated device")
+    ap.add_argument("--qemu", default=QEMU, help="the static qemu-aarch64 binary")
     ap.add_argument("--work", type=Path, default=Path("/opt/vitdeploy-aarch64"), help="where the root and wheels are kept")
     args = ap.parse_args()
     root = debian_root(args.work / "root")
@@ -115,12 +116,12 @@ def main() -> None:
         predict = ["-m", "vitdeploy.cli", "predict", str(args.bundle.resolve()), str(folder), "--json", "--top-k", "3"]
         native = predictions([sys.executable, *predict], os.environ.copy())
         env = {"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin", "HOME": tmp, "PYTHONNOUSERSITE": "1"}
-        arm = predictions([QEMU, "-L", str(root), str(root / "usr" / "bin" / "python3.11"), *predict], env)
+        arm = predictions([args.qemu, "-L", str(root), str(root / "usr" / "bin" / "python3.11"), *predict], env)
     common = sorted(set(native) & set(arm))
     agree = sum(native[k]["top"][0]["label"] == arm[k]["top"][0]["label"] for k in common)
     pairs = [(a, b) for k in common for a, b in zip(native[k]["top"], arm[k]["top"], strict=True) if a["label"] == b["label"]]
     diff = max(abs(a["probability"] - b["probability"]) for a, b in pairs)
-    machine = subprocess.run([QEMU, "-L", str(root), str(root / "usr" / "bin" / "python3.11"), "-c",
+    machine = subprocess.run([args.qemu, "-L", str(root), str(root / "usr" / "bin" / "python3.11"), "-c",
                               "import platform, onnxruntime; print(platform.machine(), onnxruntime.__version__)"],
                              capture_output=True, text=True, env=env).stdout.strip()  # fmt: skip
     print(f"aarch64 ({machine}) vs x86-64: {len(common)} images, top-1 agreement {agree / len(common):.2%} "
