@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import RecipeError
 from vitdeploy.data.datasets import preprocess
 from vitdeploy.recipe.schema import Preprocess, Recipe, load_recipe, parse_recipe
@@ -187,7 +188,7 @@ def test_the_jpeg_fast_path_gives_pillows_pixels(
 def test_the_predictors_normalization_is_the_builds_bit_for_bit(n: int, seed: int) -> None:
     images = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     pre = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
-    x = normalizer({"mean": list(pre.mean), "std": list(pre.std), "size": 32})(images)
+    x = normalizer(InputContract(32, pre.mean, pre.std))(images)
     assert x.flags["C_CONTIGUOUS"] and x.dtype == np.float32
     np.testing.assert_array_equal(x, preprocess(images, pre, 32))
 

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import sha256_file
 from vitdeploy.runtime.bundle import BUNDLE_FORMAT, MANIFEST
@@ -66,22 +67,6 @@ def graph_facts(model: Path) -> dict[str, Any]:
     }
 
 
-def preprocess_file(manifest: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
-    pre = manifest["preprocess"]
-    return {
-        "input_name": facts["input"]["name"],
-        "dtype": facts["input"]["dtype"],
-        "layout": pre.get("layout", "NCHW"),
-        "size": pre["img_size"],
-        "resize": "shorter side to size, then center crop; no change when the image is already size x size",
-        "interpolation": pre["interpolation"],
-        "color": "RGB",
-        "scale": pre.get("scale", "1/255"),
-        "mean": pre["mean"],
-        "std": pre["std"],
-    }
-
-
 def package(
     model: Path,
     out: Path,
@@ -93,7 +78,10 @@ def package(
     """Write a bundle for a built artifact to `out` (a folder, or a file ending in .tar.gz)."""
     manifest, manifest_path, role = built_artifact(model)
     facts = graph_facts(model)
-    classes = manifest["preprocess"].get("classes") or []
+    contract = InputContract.from_record(manifest["preprocess"], str(manifest_path)).with_input(
+        facts["input"]["name"], facts["input"]["dtype"]
+    )
+    classes = contract.classes
     if not classes:
         raise UserError(f"{manifest_path}: the manifest lists no class names")
     archive = out.name.endswith((".tar.gz", ".tgz"))
@@ -106,7 +94,7 @@ def package(
     try:
         shutil.copyfile(model, staging / "model.onnx")
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
-        (staging / "preprocess.json").write_text(json.dumps(preprocess_file(manifest, facts), indent=2) + "\n")
+        (staging / "preprocess.json").write_text(json.dumps(contract.bundle_record(), indent=2) + "\n")
         extra = convert_to_ort(staging / "model.onnx", staging) if ort_format else {}
         record = bundle_record(manifest, role, facts, staging, extra, benchmarks or [], bench_environment)
         (staging / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from vitdeploy import __version__
+from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import BuildError
 from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, write_json_atomic
@@ -375,16 +376,8 @@ def runtime_version(runtime: str) -> str | None:
 
 def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]) -> dict:
     pre = recipe.data.preprocess
-    return {
-        "input_name": INPUT_NAME,
-        "layout": "NCHW",
-        "img_size": img_size,
-        "scale": "1/255",
-        "mean": list(pre.mean),
-        "std": list(pre.std),
-        "interpolation": pre.interpolation,
-        "classes": list(classes),
-    }
+    contract = InputContract(img_size, pre.mean, pre.std, pre.interpolation, classes, input_name=INPUT_NAME)
+    return contract.manifest_record()
 
 
 def publish(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None) -> dict[str, dict]:

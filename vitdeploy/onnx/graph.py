@@ -82,8 +82,10 @@ def read_preprocess(model: onnx.ModelProto):
     meta = {p.key: p.value for p in model.metadata_props}
     if PREPROCESS_KEY not in meta:
         return Preprocess(), None
-    d = json.loads(meta[PREPROCESS_KEY])
-    return Preprocess(mean=d["mean"], std=d["std"], interpolation=d["interpolation"]), d.get("img_size")
+    from vitdeploy.core.contract import InputContract
+
+    contract = InputContract.from_record(json.loads(meta[PREPROCESS_KEY]), f"the model's {PREPROCESS_KEY} metadata")
+    return Preprocess(mean=contract.mean, std=contract.std, interpolation=contract.interpolation), contract.size
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import sha256_file
 
@@ -42,8 +43,9 @@ class Bundle:
 
     root: Path
     manifest: dict[str, Any]
-    preprocess: dict[str, Any]
+    preprocess: dict[str, Any]  # preprocess.json as written
     labels: list[str]
+    contract: InputContract  # the same, read and checked
 
     @property
     def model(self) -> Path:
@@ -68,8 +70,9 @@ def open_bundle(path: Path, scratch: Path | None = None) -> Bundle:
     manifest = read_json(root / MANIFEST, path)
     verify(root, manifest, path)
     preprocess = read_json(root / "preprocess.json", path)
+    contract = InputContract.from_record(preprocess, f"{path}: preprocess.json")
     labels = (root / "labels.txt").read_text().splitlines()
-    return Bundle(root, manifest, preprocess, labels)
+    return Bundle(root, manifest, preprocess, labels, contract)
 
 
 def read_json(file: Path, bundle: Path) -> dict[str, Any]:

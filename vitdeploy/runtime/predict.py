@@ -61,7 +61,7 @@ def bundle_predictor(bundle: Bundle, provider: str, threads: int | None) -> Runn
         raise UserError(f"--provider {provider}: {err}") from None
     inp = session.get_inputs()[0]
     shape = inp.shape
-    size = int(bundle.preprocess["size"])
+    size = bundle.contract.size
     if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, size, size), strict=True)):
         raise UserError(f"{bundle.model.name}: input shape {shape} does not take 3x{size}x{size} images (preprocess.json)")
     name = inp.name
@@ -112,7 +112,7 @@ def predict(
     known = set(labels)
     k = min(top_k, len(labels))
     started = time.perf_counter()
-    batches = batches_from(inputs, bundle.preprocess, batch, prefetch)
+    batches = batches_from(inputs, bundle.contract, batch, prefetch)
     for names, x, failures in batches:
         for f in failures:
             tally.failed += 1

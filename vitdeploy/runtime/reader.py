@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import UserError
 from vitdeploy.runtime.imaging import IMAGE_SUFFIXES, ImageError, decode, normalize
 
@@ -43,16 +44,12 @@ def image_paths(inputs: Iterable[Path]) -> Iterator[Path]:
             raise UserError(f"{item}: no such file or folder")
 
 
-def normalizer(pre: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 NHWC batch -> the model's input, as preprocess.json describes it."""
-    found = (pre.get("layout", "NCHW"), pre.get("scale", "1/255"), pre.get("dtype", "float32"))
+def normalizer(contract: InputContract) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 NHWC batch -> the model's input, as its input contract describes it."""
+    found = (contract.layout, contract.scale, contract.dtype)
     if found != ("NCHW", "1/255", "float32"):
         raise UserError(f"preprocess.json: layout/scale/dtype {'/'.join(map(str, found))} is not NCHW/1/255/float32")
-    try:
-        mean, std = np.asarray(pre["mean"], np.float32).reshape(3), np.asarray(pre["std"], np.float32).reshape(3)
-        int(pre["size"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"preprocess.json: mean, std (3 values each) and size are required ({err})") from None
+    mean, std = np.asarray(contract.mean, np.float32), np.asarray(contract.std, np.float32)
 
     def normalize_batch(images: np.ndarray) -> np.ndarray:
         return normalize(images, mean, std)
@@ -63,10 +60,10 @@ def normalizer(pre: dict) -> Callable[[np.ndarray], np.ndarray]:
 Batch = tuple[list[Path], np.ndarray | None, list[Failure]]
 
 
-def read_batches(paths: Iterator[Path], pre: dict, batch: int) -> Iterator[Batch]:
+def read_batches(paths: Iterator[Path], contract: InputContract, batch: int) -> Iterator[Batch]:
     """(paths, model input, failures) per batch of readable images."""
-    size, interpolation = int(pre["size"]), pre.get("interpolation", "bicubic")
-    normalize = normalizer(pre)
+    size, interpolation = contract.size, contract.interpolation
+    normalize = normalizer(contract)
     done = False
     while not done:
         names, failures = [], []
@@ -119,10 +116,10 @@ def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
         stop.set()
 
 
-def batches_from(inputs: list[Path], pre: dict, batch: int, depth: int = 2) -> Iterator[Batch]:
+def batches_from(inputs: list[Path], contract: InputContract, batch: int, depth: int = 2) -> Iterator[Batch]:
     """Batches of the images in `inputs` (files, and folders walked in sorted order), read ahead."""
     for item in inputs:
         if not item.exists():
             raise UserError(f"{item}: no such file or folder")
-    normalizer(pre)  # refuse an unusable preprocess.json before the reader starts
-    return prefetched(read_batches(image_paths(inputs), pre, batch), depth)
+    normalizer(contract)  # refuse an unusable preprocess.json before the reader starts
+    return prefetched(read_batches(image_paths(inputs), contract, batch), depth)

@@ -1,0 +1,86 @@
+"""The input contract: what a model expects of an image, as one typed, versioned record.
+
+It travels with the model, as timm's `pretrained_cfg` does: in the build manifest
+(`preprocess`), inside the ONNX file's metadata (`vitdeploy.preprocess`, so a bare artifact
+describes its own input) and in a bundle's preprocess.json. Every reader goes through
+`InputContract.from_record`, which accepts both spellings of the size (`img_size` in
+manifests and ONNX metadata, `size` in bundles) and refuses a record newer than it knows.
+A mismatch here is the classic "ONNX lost 7 points".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vitdeploy.core.errors import UserError
+
+CONTRACT_VERSION = 1  # records without a version are version 1
+RESIZE_RULE = "shorter side to size, then center crop; no change when the image is already size x size"
+
+
+@dataclass(frozen=True)
+class InputContract:
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    classes: tuple[str, ...] = ()
+    input_name: str = "pixel_values"
+    layout: str = "NCHW"
+    scale: str = "1/255"
+    dtype: str = "float32"
+    color: str = "RGB"
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], where: str) -> InputContract:
+        """The contract in a manifest, ONNX metadata or preprocess.json; `where` names it in errors."""
+        version = record.get("version", 1)
+        if not isinstance(version, int) or version > CONTRACT_VERSION:
+            raise UserError(f"{where}: input contract version {version} is newer than this vitdeploy reads ({CONTRACT_VERSION})")
+        try:
+            size = int(record["size"] if "size" in record else record["img_size"])
+            mean = tuple(float(v) for v in record["mean"])
+            std = tuple(float(v) for v in record["std"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{where}: mean, std (3 values each) and size are required ({err})") from None
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or size < 1:
+            raise UserError(f"{where}: mean and std need 3 values each (std > 0) and size must be >= 1")
+        optional = {k: record[k] for k in ("interpolation", "input_name", "layout", "scale", "dtype", "color") if k in record}
+        classes = tuple(str(c) for c in record.get("classes") or ())
+        return cls(size=size, mean=mean, std=std, classes=classes, **optional)  # type: ignore[arg-type]
+
+    def with_input(self, name: str, dtype: str) -> InputContract:
+        """The contract with the input name and type the exported graph declares."""
+        return replace(self, input_name=name, dtype=dtype)
+
+    def manifest_record(self) -> dict[str, Any]:
+        """The build manifest's and ONNX metadata's spelling (keys and order fixed: artifacts
+        carry it, and they rebuild byte for byte)."""
+        return {
+            "input_name": self.input_name,
+            "layout": self.layout,
+            "img_size": self.size,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "classes": list(self.classes),
+        }
+
+    def bundle_record(self) -> dict[str, Any]:
+        """preprocess.json: everything a device needs to feed the model, the resize rule spelled out."""
+        return {
+            "version": CONTRACT_VERSION,
+            "input_name": self.input_name,
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "size": self.size,
+            "resize": RESIZE_RULE,
+            "interpolation": self.interpolation,
+            "color": self.color,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
