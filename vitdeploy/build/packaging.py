@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.core.contract import InputContract
+from vitdeploy.core.contract import BuildManifest
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import sha256_file
 from vitdeploy.runtime.bundle import BUNDLE_FORMAT, MANIFEST
@@ -27,7 +27,7 @@ from vitdeploy.runtime.bundle import BUNDLE_FORMAT, MANIFEST
 OPSET_FIRST_ORT = {15: "1.10", 16: "1.11", 17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 22: "1.20"}
 
 
-def build_manifest_for(model: Path) -> tuple[dict[str, Any], Path]:
+def build_manifest_for(model: Path) -> tuple[BuildManifest, Path]:
     """The build manifest beside an artifact (`NAME.onnx` or `NAME.fp32.onnx` -> `NAME.json`)."""
     if model.suffix != ".onnx" or not model.is_file():
         raise UserError(f"{model}: not an .onnx file")
@@ -36,12 +36,10 @@ def build_manifest_for(model: Path) -> tuple[dict[str, Any], Path]:
     if not path.is_file():
         raise UserError(f"{model}: no build manifest {path.name} beside it; package the outputs of `vitdeploy build`")
     try:
-        manifest = json.loads(path.read_text())
-        if not all(isinstance(manifest.get(k), dict) for k in ("preprocess", "evaluate")):
-            raise KeyError("preprocess/evaluate")
-    except (ValueError, KeyError, TypeError) as err:
+        data = json.loads(path.read_text())
+    except ValueError as err:
         raise UserError(f"{path}: not a vitdeploy build manifest ({err})") from None
-    return manifest, path
+    return BuildManifest.from_dict(data, str(path)), path
 
 
 def graph_facts(model: Path) -> dict[str, Any]:
@@ -78,9 +76,7 @@ def package(
     """Write a bundle for a built artifact to `out` (a folder, or a file ending in .tar.gz)."""
     manifest, manifest_path, role = built_artifact(model)
     facts = graph_facts(model)
-    contract = InputContract.from_record(manifest["preprocess"], str(manifest_path)).with_input(
-        facts["input"]["name"], facts["input"]["dtype"]
-    )
+    contract = manifest.input.with_input(facts["input"]["name"], facts["input"]["dtype"])
     classes = contract.classes
     if not classes:
         raise UserError(f"{manifest_path}: the manifest lists no class names")
@@ -104,27 +100,28 @@ def package(
     return out
 
 
-def built_artifact(model: Path) -> tuple[dict[str, Any], Path, str]:
+def built_artifact(model: Path) -> tuple[BuildManifest, Path, str]:
     """(build manifest, its path, the file's role in it) for an unchanged output of `vitdeploy
     build`; a UserError for anything else. Callers check this before any slow work."""
     manifest, path = build_manifest_for(model)
     return manifest, path, artifact_role(manifest, model)
 
 
-def artifact_role(manifest: dict[str, Any], model: Path) -> str:
+def artifact_role(manifest: BuildManifest, model: Path) -> str:
     """Which of the build's outputs `model` is ("onnx": the recipe's artifact, "fp32_onnx": the
     FP32 export beside an INT8 one), checked against the hash the build recorded."""
-    for role, record in (manifest.get("artifacts") or {}).items():
-        if record.get("file") == model.name:
-            if sha256_file(model) != record.get("sha256"):
-                raise UserError(f"{model}: changed since it was built (its sha256 is not the manifest's); rebuild it")
-            return role
-    raise UserError(f"{model}: the build manifest beside it does not list this file")
+    found = manifest.role_of(model.name)
+    if found is None:
+        raise UserError(f"{model}: the build manifest beside it does not list this file")
+    role, record = found
+    if sha256_file(model) != record.sha256:
+        raise UserError(f"{model}: changed since it was built (its sha256 is not the manifest's); rebuild it")
+    return role
 
 
-def quantization_record(manifest: dict[str, Any]) -> dict[str, Any] | None:
+def quantization_record(manifest: BuildManifest) -> dict[str, Any] | None:
     """How the artifact's INT8 was made, as far as a device needs to know (None: not quantized)."""
-    q = manifest.get("quantize") or {}
+    q = manifest.quantize or {}
     if q.get("mode", "none") == "none":
         return None
     keys = ("mode", "format", "activation_type", "weight_type", "per_channel", "reduce_range", "reduce_range_reason")
@@ -132,7 +129,7 @@ def quantization_record(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def bundle_record(
-    manifest: dict[str, Any],
+    manifest: BuildManifest,
     role: str,
     facts: dict[str, Any],
     folder: Path,
@@ -145,25 +142,23 @@ def bundle_record(
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST
     }
-    top1 = manifest["evaluate"]["top1"]
     final = role == "onnx"  # the recipe's artifact; else the FP32 export beside it
-    accuracy = top1.get("onnx_int8", top1.get("onnx_fp32")) if final else top1.get("onnx_fp32")
     return {
         "format": BUNDLE_FORMAT,
-        "name": manifest.get("name"),
+        "name": manifest.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "files": files,
         "model": {"file": "model.onnx", **facts},
         "ort_format": ort_info or None,
         "accuracy": {
-            "top1": accuracy,
-            "split": manifest["evaluate"].get("split"),
-            "images": manifest["evaluate"].get("images"),
-            "per_runtime": {k: v.get("top1") for k, v in (manifest.get("runtimes") or {}).items()} if final else {},
+            "top1": manifest.top1_of(role),
+            "split": manifest.split,
+            "images": manifest.images,
+            "per_runtime": manifest.runtime_top1 if final else {},
         },
         "quantization": quantization_record(manifest) if final else None,
-        "recipe_sha256": (manifest.get("recipe") or {}).get("sha256"),
-        "architecture": (manifest.get("model") or {}).get("architecture"),
+        "recipe_sha256": manifest.recipe_sha256,
+        "architecture": manifest.architecture,
         "benchmarks": benchmarks,
         "benchmark_environment": bench_environment,
         "packaged_with": {"onnxruntime": ort.__version__},

@@ -11,7 +11,7 @@ A mismatch here is the classic "ONNX lost 7 points".
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vitdeploy.core.errors import UserError
@@ -84,3 +84,57 @@ class InputContract:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    file: str
+    sha256: str
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    """The build manifest (`NAME.json` beside the artifacts), typed for what reads it after the
+    build: packaging and the report. `raw` keeps the whole record as written."""
+
+    name: str
+    input: InputContract
+    artifacts: dict[str, ArtifactRecord]  # role ("onnx": the recipe's artifact, "fp32_onnx", ...) -> file
+    top1: dict[str, float]  # "torch", "onnx_fp32", "onnx_int8"
+    split: str | None
+    images: int | None
+    runtime_top1: dict[str, float | None]  # per runtime the build checked
+    quantize: dict[str, Any] | None
+    recipe_sha256: str | None
+    architecture: dict[str, Any] | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> BuildManifest:
+        try:
+            evaluate = data["evaluate"]
+            artifacts = {role: ArtifactRecord(r["file"], r["sha256"], r.get("bytes")) for role, r in data["artifacts"].items()}
+            return cls(
+                name=str(data["name"]),
+                input=InputContract.from_record(data["preprocess"], where),
+                artifacts=artifacts,
+                top1=dict(evaluate["top1"]),
+                split=evaluate.get("split"),
+                images=evaluate.get("images"),
+                runtime_top1={k: v.get("top1") for k, v in (data.get("runtimes") or {}).items()},
+                quantize=data.get("quantize"),
+                recipe_sha256=(data.get("recipe") or {}).get("sha256"),
+                architecture=(data.get("model") or {}).get("architecture"),
+                raw=dict(data),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UserError(f"{where}: not a vitdeploy build manifest ({type(err).__name__}: {err})") from None
+
+    def role_of(self, file_name: str) -> tuple[str, ArtifactRecord] | None:
+        return next(((role, r) for role, r in self.artifacts.items() if r.file == file_name), None)
+
+    def top1_of(self, role: str) -> float | None:
+        """The top-1 of the file in `role`: the recipe's artifact is its INT8 model when quantized."""
+        fp32 = self.top1.get("onnx_fp32")
+        return self.top1.get("onnx_int8", fp32) if role == "onnx" else fp32
