@@ -60,3 +60,14 @@ def test_a_head_known_only_after_building_the_model_is_still_checked_before_expo
     assert done.exit_code != 0 and "1000 outputs" in done.output and "3 classes" in done.output
     assert not list((tmp_path / "out").glob("*.onnx"))
     assert not list((tmp_path / "out").glob("*.json"))
+
+
+def test_a_new_class_count_on_a_checkpoint_asks_for_reset_head_and_reset_head_passes_check(tmp_path: Path) -> None:
+    source = three_class_folder(tmp_path / "pets")
+    model = {"name": "vit_tiny_patch16_224", "checkpoint": str(TEACHER), "overrides": {"num_classes": 3}}
+    done = runner.invoke(app, ["check", str(recipe(tmp_path, model, source))])
+    assert done.exit_code == 2 and "has a 10-class head; set model.reset_head: true" in done.output
+    for overrides in ({"num_classes": 3}, {}):  # the head's size given, or taken from the folder
+        transfer = {"name": "vit_tiny_patch16_224", "checkpoint": str(TEACHER), "reset_head": True, "overrides": overrides}
+        done = runner.invoke(app, ["check", str(recipe(tmp_path, transfer, source))])
+        assert done.exit_code == 0, done.output

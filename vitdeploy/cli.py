@@ -101,7 +101,7 @@ def _validate(recipe_path: Path):
             from vitdeploy.onnx.quantize import check_op_types
 
             check_op_types(recipe.quantize.op_types, recipe.quantize.mode)
-        check_head_matches(recipe.model, recipe.data)
+        check_head_matches(recipe)
     except UserError as e:
         raise RecipeError(str(recipe_path), [str(e)]) from None
     return recipe
@@ -115,6 +115,11 @@ def check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
     table = Table(title=f"recipe {recipe}: valid", show_header=False)
     table.add_row("model", f"{r.model.name} {r.model.overrides.model_dump(exclude_none=True)}")
     table.add_row("weights", str(r.model.checkpoint or ("pretrained" if r.model.pretrained else "random init")))
+    if r.model.reset_head:
+        from vitdeploy.data.classes import with_head_for_data
+
+        classes = with_head_for_data(r).model.overrides.num_classes
+        table.add_row("head", f"new, {classes} classes (transfer: the classifier is re-initialised)")
     table.add_row("data", f"{r.data.dataset} ({r.data.source or 'cache'})")
     table.add_row("stages", ", ".join(s.stage for s in r.stages) or "none")
     table.add_row("quantize", r.quantize.mode if r.quantize.mode == "none" else f"{r.quantize.mode} {r.quantize.format}")

@@ -31,7 +31,7 @@ from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import BuildError
 from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, write_json_atomic
-from vitdeploy.data.classes import check_head_matches, mismatch
+from vitdeploy.data.classes import check_head_matches, decode_size, mismatch, with_head_for_data
 from vitdeploy.data.datasets import ImageSet, data_identity, load_split, preprocess
 from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
 from vitdeploy.onnx.fusion import optimize_transformer
@@ -95,7 +95,8 @@ def run_stages(recipe: Recipe, device: torch.device, checkpoint_every_s: float =
     Nyström model rebuilds exactly. The report is written after the weights: a stage folder
     with both is complete. Returns the model and one report per stage position.
     """
-    model = create_model(recipe.model)
+    model = create_model(with_head_for_data(recipe).model)  # the recipe itself (and its hash) unchanged
+    transfer = getattr(model, "vitdeploy_transfer", None)  # what a transfer reset, for the manifest
     splits: dict = {}
     reports = []
     for i, (cfg, key) in enumerate(zip(recipe.stages, stage_keys(recipe), strict=True)):
@@ -117,6 +118,7 @@ def run_stages(recipe: Recipe, device: torch.device, checkpoint_every_s: float =
         reports.append(
             {"index": i, "stage": cfg.stage, "config": cfg.model_dump(mode="json"), "cached": cached, "report": report}
         )
+    model.vitdeploy_transfer = transfer
     return model.to(device).eval(), reports
 
 
@@ -188,12 +190,12 @@ def build(
     work = work_dir(recipe)  # created by the first file written there: bad input leaves nothing behind
     pre = recipe.data.preprocess
 
-    check_head_matches(recipe.model, recipe.data)  # before any training: both counts known without work
+    check_head_matches(recipe)  # before any training: both counts are known without work
     with timer.step("stages"):
         model, stage_reports = run_stages(recipe, device, checkpoint_every_s)
     img_size = model.patch_embed.img_size[0]
     with timer.step("data"):
-        eval_set = load_split(recipe.data, recipe.data.eval_split).subset(recipe.evaluate.samples)
+        eval_set = load_split(recipe.data, recipe.data.eval_split, decode_size(recipe)).subset(recipe.evaluate.samples)
         parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
     if model.num_classes != len(eval_set.classes):  # never publish outputs that labels cannot name
         raise BuildError(f"{mismatch(model.num_classes, eval_set.classes, recipe.data.dataset)}; no artifact written")
@@ -262,7 +264,10 @@ def check_parity_gate(recipe: Recipe, parity: Parity) -> None:
 
 
 def model_record(model: nn.Module, img_size: int) -> dict:
-    return {"parameters": count_parameters(model), "macs": count_macs(model, img_size), "architecture": describe(model).summary()}
+    record = {"parameters": count_parameters(model), "macs": count_macs(model, img_size)}
+    record["architecture"] = describe(model).summary()
+    transfer = getattr(model, "vitdeploy_transfer", None)
+    return record | ({"transfer": transfer} if transfer else {})
 
 
 def portable(recipe: Recipe) -> bool:
@@ -293,7 +298,7 @@ def uses_calibration(recipe: Recipe) -> bool:
 def calibration_images(recipe: Recipe, img_size: int) -> np.ndarray:
     """The calibration images, preprocessed (the build reads them once for every step that needs them)."""
     cal = recipe.quantize.calibration
-    cal_set = load_split(recipe.data, cal.split).subset(cal.samples, seed=2)
+    cal_set = load_split(recipe.data, cal.split, decode_size(recipe)).subset(cal.samples, seed=2)
     return preprocess(cal_set.images, recipe.data.preprocess, img_size)
 
 

@@ -1,13 +1,19 @@
-"""The model's head against the dataset's classes, compared before any work starts.
+"""The model against the dataset, compared before any work starts: its head with the classes,
+its input size with the images.
 
 A 10-class model built on a 3-class folder would train, export, quantize and package, and only
 `predict` would find that its outputs cannot be named. Both counts are read cheaply: the
 classes from the folder or archive member names (no image decoded) or the cache's record, the
 head from the recipe's `num_classes` or the checkpoint's stored architecture (no torch).
+
+A folder of the user's own photos has every size and mode: its images are decoded to the
+model's input size (shorter side, then centre crop, as `predict` does), read from the same
+places, so training, calibration and evaluation all see what the deployed model will.
 """
 
 from __future__ import annotations
 
+import re
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -16,7 +22,7 @@ from pathlib import Path
 from vitdeploy.core.architecture import read_architecture
 from vitdeploy.core.errors import UserError
 from vitdeploy.data.datasets import DataStore, dataset_name
-from vitdeploy.recipe.schema import DataSpec, ModelSpec
+from vitdeploy.recipe.schema import DataSpec, ModelSpec, Recipe
 from vitdeploy.runtime.imaging import IMAGE_SUFFIXES
 
 
@@ -48,25 +54,65 @@ def dataset_classes(spec: DataSpec) -> tuple[str, ...] | None:
     return tuple(meta["classes"]) if meta else None
 
 
+def stored_override(spec: ModelSpec, key: str) -> int | None:
+    """An override the checkpoint's stored architecture records (None: not a vitdeploy file)."""
+    stored = read_architecture(spec.checkpoint) if spec.checkpoint is not None else None
+    return stored.overrides.get(key) if stored is not None else None
+
+
 def head_size(spec: ModelSpec) -> int | None:
     """The model's output count as the recipe or its checkpoint declares it (None: timm's default)."""
     if spec.overrides.num_classes is not None:
         return spec.overrides.num_classes
-    stored = read_architecture(spec.checkpoint) if spec.checkpoint is not None else None
-    return stored.overrides.get("num_classes") if stored is not None else None
+    return stored_override(spec, "num_classes")
+
+
+def model_input_size(spec: ModelSpec) -> int | None:
+    """The model's input size: the recipe's, the checkpoint's, or the one timm's name ends in."""
+    size = spec.overrides.img_size or stored_override(spec, "img_size")
+    if size is None and (m := re.search(r"_(\d{2,4})(?:\.|$)", spec.name)):
+        size = int(m[1])
+    return size
+
+
+def decode_size(recipe: Recipe) -> int | None:
+    """The size a recipe's own images are decoded to (None: a cached dataset, stored as it came)."""
+    if recipe.data.source is None:
+        return None
+    return recipe.data.image_size or model_input_size(recipe.model)
 
 
 def mismatch(outputs: int, classes: tuple[str, ...], dataset: str) -> str:
     shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
     return (
         f"the model has {outputs} outputs but dataset '{dataset}' has {len(classes)} classes ({shown}); "
-        f"set model.overrides.num_classes: {len(classes)} for a model trained from scratch, or use data with the "
-        f"model's {outputs} classes"
+        f"set model.overrides.num_classes: {len(classes)} (with model.reset_head: true to keep the checkpoint's "
+        f"other weights), or use data with the model's {outputs} classes"
     )
 
 
-def check_head_matches(model: ModelSpec, data: DataSpec) -> None:
-    """UserError when the declared head and the data's classes are both known and differ."""
+def with_head_for_data(recipe: Recipe) -> Recipe:
+    """A transfer without `num_classes` gets a head for every class the data has."""
+    if not recipe.model.reset_head or recipe.model.overrides.num_classes is not None:
+        return recipe
+    classes = dataset_classes(recipe.data)
+    if classes is None:
+        raise UserError("model.reset_head: the data's classes cannot be listed before decoding; set model.overrides.num_classes")
+    overrides = recipe.model.overrides.model_copy(update={"num_classes": len(classes)})
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update={"overrides": overrides})})
+
+
+def check_head_matches(recipe: Recipe) -> None:
+    """UserError when the declared head and the data's classes are both known and differ, or
+    when the recipe asks for another head than the checkpoint's without `reset_head`."""
+    model, data = with_head_for_data(recipe).model, recipe.data
+    stored = stored_override(model, "num_classes")
+    wanted = model.overrides.num_classes
+    if stored is not None and wanted is not None and stored != wanted and not model.reset_head:
+        raise UserError(
+            f"model.overrides.num_classes: {wanted}, but {model.checkpoint} has a {stored}-class head; set "
+            f"model.reset_head: true to start from its weights with a new {wanted}-class head"
+        )
     outputs, classes = head_size(model), dataset_classes(data)
     if outputs is not None and classes is not None and outputs != len(classes):
         raise UserError(f"model.overrides.num_classes: {mismatch(outputs, classes, data.dataset)}")

@@ -312,4 +312,5 @@ def data_identity(spec: DataSpec) -> dict:
         "train_split": spec.train_split,
         "eval_split": spec.eval_split,
         "preprocess": spec.preprocess.model_dump(mode="json"),
+        **({"image_size": spec.image_size} if spec.image_size else {}),
     }

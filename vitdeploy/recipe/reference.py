@@ -1,6 +1,6 @@
 """The recipe reference in Markdown, generated from the pydantic schema so it cannot drift.
 
-    python -m vitdeploy.schema_doc > docs/recipe-reference.md
+    python -m vitdeploy.recipe.reference > docs/recipe-reference.md
 
 A test checks that the committed file equals this output.
 """
@@ -20,7 +20,7 @@ from vitdeploy.recipe.schema import STAGE_CONFIGS, Recipe
 
 HEADER = """# Recipe reference
 
-Generated from `vitdeploy/recipe/schema.py` by `python -m vitdeploy.schema_doc`; do not edit by hand.
+Generated from `vitdeploy/recipe/schema.py` by `python -m vitdeploy.recipe.reference`; do not edit by hand.
 Every section rejects unknown keys. Relative paths are relative to the recipe file.
 `vitdeploy check RECIPE` validates a recipe without running anything.
 """

@@ -66,6 +66,7 @@ class ModelOverrides(Section):
 
 
 class ModelSpec(Section):
+    added_options: ClassVar[frozenset[str]] = frozenset({"reset_head"})
     name: str = Field(description="timm model name of the VisionTransformer family")
     overrides: ModelOverrides = ModelOverrides()
     pretrained: bool = False
@@ -75,6 +76,11 @@ class ModelSpec(Section):
         description="safetensors (a vitdeploy file rebuilds its stored architecture: pruned, distilled, Nyström) "
         "or a torch state dict loaded with weights_only=True",
     )
+    reset_head: bool = False
+    """transfer learning: start from the weights with a new, freshly initialised classifier (and
+    distillation head) for `overrides.num_classes` (default: the dataset's class count);
+    position embeddings are resampled when `overrides.img_size` differs from the weights'. The
+    manifest records what was reset"""
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> ModelSpec:
@@ -105,6 +111,7 @@ class Preprocess(Section):
 
 
 class DataSpec(Section):
+    added_options: ClassVar[frozenset[str]] = frozenset({"image_size"})
     dataset: str = Field("cifar10", description="'cifar10' or any name for an ImageFolder")
     source: Path | None = Field(None, description="archive or folder; omit to use the cache filled by `vitdeploy data get`")
     train_split: str = "train"
@@ -112,6 +119,9 @@ class DataSpec(Section):
     eval_split: str = "test"
     """split every model is scored on"""
     preprocess: Preprocess = Preprocess()
+    image_size: int | None = Field(None, gt=0)
+    """size images from `source` are decoded to (shorter side, then centre crop), whatever their
+    own sizes and modes; default: the model's input size"""
     cache_dir: Path | None = None
     """where decoded arrays live; default $VITDEPLOY_CACHE or ~/.cache/vitdeploy"""
 

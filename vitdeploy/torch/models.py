@@ -57,9 +57,12 @@ def create_model(spec: ModelSpec) -> VisionTransformer:
     """
     validate_model_name(spec.name)
     overrides = spec.overrides.model_dump(exclude_none=True)
+    # Transfer: the weights keep their own head and grid until they are loaded; then `transfer`
+    # gives the model the recipe's.
+    target = {k: overrides.pop(k) for k in TRANSFERRED if k in overrides} if spec.reset_head else {}
     stored = read_architecture(spec.checkpoint) if spec.checkpoint is not None else None
     if stored is not None:
-        if not _shape_overrides(overrides):  # none given: the checkpoint says what the model is
+        if not _shape_overrides(overrides) or target:  # none given (or a transfer): the checkpoint says what it is
             overrides = dict(stored.overrides) | overrides
         if stored.timm_name != spec.name or _shape_overrides(stored.overrides) != _shape_overrides(overrides):
             raise UserError(
@@ -70,14 +73,42 @@ def create_model(spec: ModelSpec) -> VisionTransformer:
     else:
         # exportable=True keeps timm off code paths that trace badly (e.g. fused SDPA).
         with seeded_init():
-            model = timm.create_model(spec.name, pretrained=spec.pretrained, exportable=True, **overrides)
+            # timm's own loader resets the head and resamples the grid of pretrained weights
+            first = overrides | (target if spec.pretrained else {})
+            model = timm.create_model(spec.name, pretrained=spec.pretrained, exportable=True, **first)
         if not isinstance(model, VisionTransformer):
             raise UserError(f"model.name: '{spec.name}' did not build a VisionTransformer")
         model.vitdeploy_source = {"timm_name": spec.name, "overrides": overrides}
     _disable_fused_attention(model)
     if spec.checkpoint is not None:
-        load_weights(model, spec.checkpoint)
+        load_weights(model, spec.checkpoint, for_transfer=spec.reset_head)
+    if spec.reset_head:
+        transfer(model, **target)
     return model
+
+
+# Overrides a transfer may change: the classifier's size and the input grid.
+TRANSFERRED = ("num_classes", "img_size")
+
+
+def transfer(model: VisionTransformer, num_classes: int, img_size: int | None = None) -> None:
+    """Give a model with loaded weights a fresh `num_classes` head (and distillation head) and,
+    when `img_size` differs, position embeddings resampled to the new patch grid. What changed is
+    recorded on the model (`vitdeploy_transfer`) for the manifest."""
+    source = model.vitdeploy_source
+    before = {"num_classes": model.num_classes, "img_size": model.patch_embed.img_size[0]}
+    record: dict[str, Any] = {"from": before, "reset": []}
+    with seeded_init(1):  # always fresh: the same count of other classes is a new head too
+        model.reset_classifier(num_classes)
+    record["reset"] = ["head", "head_dist"] if isinstance(model, VisionTransformerDistilled) else ["head"]
+    if img_size is not None and img_size != before["img_size"]:
+        if any(getattr(b.attn, "attention_spec", None) for b in model.blocks):
+            raise UserError("model.overrides.img_size: a model with Nyström attention keeps its token count; drop img_size")
+        model.set_input_size(img_size=(img_size, img_size))
+        record["resampled"] = {"pos_embed": [before["img_size"], img_size]}
+    source["overrides"] = dict(source["overrides"]) | {"num_classes": num_classes, "img_size": model.patch_embed.img_size[0]}
+    record["to"] = {"num_classes": num_classes, "img_size": model.patch_embed.img_size[0]}
+    model.vitdeploy_transfer = record
 
 
 @contextlib.contextmanager
@@ -239,9 +270,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path, for_transfer: bool = False) -> None:
+    """The checkpoint's tensors into `model`, which must fit them exactly. `for_transfer`: a plain
+    state dict's classifier is left out (the head is reset next) and its position embeddings are
+    resampled to the model's grid."""
     state = read_state_dict(path)
     reference = model.state_dict()
+    if for_transfer and read_architecture(path) is None:
+        state = fit_for_transfer(state, reference, model)
     mismatched = [k for k, v in state.items() if k in reference and reference[k].shape != v.shape]
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))
@@ -256,6 +292,19 @@ def load_weights(model: nn.Module, path: Path) -> None:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise UserError(f"model.checkpoint {path} does not fit the model: {'; '.join(parts)}")
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+
+
+def fit_for_transfer(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    from timm.layers import resample_abs_pos_embed
+
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
+    state |= {k: reference[k] for k in reference if k.startswith(("head.", "head_dist."))}
+    pos = state.get("pos_embed")
+    if pos is not None and pos.shape != reference["pos_embed"].shape:
+        grid = model.patch_embed.grid_size
+        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        state["pos_embed"] = resample_abs_pos_embed(pos, list(grid), num_prefix_tokens=prefix)
+    return state
 
 
 def save_weights(model: nn.Module, path: Path, half: bool = False, metadata: dict[str, str] | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitdeploy.data.classes import decode_size
 from vitdeploy.data.datasets import ImageSet, load_split
 from vitdeploy.recipe.schema import Recipe, Section
 
@@ -55,7 +56,7 @@ class StageContext:
 
     def split(self, name: str) -> ImageSet:
         if name not in self._splits:
-            self._splits[name] = load_split(self.recipe.data, name)
+            self._splits[name] = load_split(self.recipe.data, name, decode_size(self.recipe))
         return self._splits[name]
 
 
