@@ -160,3 +160,20 @@ def test_bias_correction_brings_int8_channel_means_to_fp32(vit_onnx: Path, tmp_p
         return float(np.mean([np.abs(means[t] - reference[t]).mean() for t in layers]))
 
     assert error(corrected) < 0.2 * error(plain)
+
+
+def test_minmax_ranges_do_not_depend_on_the_calibration_batch(vit_onnx: Path, tmp_path: Path) -> None:
+    """Why large models may calibrate one image at a time: the artifact is the same file."""
+    from vitdeploy.onnx.quantize import calibration_batch
+
+    x = np.random.default_rng(0).standard_normal((48, 3, 32, 32)).astype(np.float32)
+    spec = QuantizeSpec(mode="static", calibration=CalibrationSpec(samples=48))
+    assert calibration_batch(spec, tokens=65) == 32 and calibration_batch(spec, tokens=197) == 1
+    assert calibration_batch(QuantizeSpec(mode="static", calibration=CalibrationSpec(samples=48, batch_size=8)), 197) == 8
+    outputs = []
+    for batch in (1, 16):
+        out = tmp_path / f"b{batch}.onnx"
+        report = quantize_model(vit_onnx, out, spec, ArrayCalibrationReader(INPUT_NAME, x, batch))
+        assert report["calibration"]["batch_size"] == batch
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]

@@ -36,12 +36,12 @@ from vitdeploy.data.datasets import ImageSet, data_identity, load_split, preproc
 from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
 from vitdeploy.onnx.fusion import optimize_transformer
 from vitdeploy.onnx.graph import stamp_preprocess
-from vitdeploy.onnx.quantize import ArrayCalibrationReader, quantize_model
+from vitdeploy.onnx.quantize import ArrayCalibrationReader, calibration_batch, quantize_model
 from vitdeploy.recipe.schema import Recipe
 from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session
 from vitdeploy.torch.evaluate import torch_accuracy
 from vitdeploy.torch.export import INPUT_NAME, Parity, check_parity, export_onnx
-from vitdeploy.torch.models import count_macs, count_parameters, create_model, describe, load_model, save_weights
+from vitdeploy.torch.models import count_macs, count_parameters, create_model, describe, load_model, num_tokens, save_weights
 from vitdeploy.torch.stages import StageContext, get_stage
 
 
@@ -218,7 +218,7 @@ def build(
         with timer.step("quantize", f"{recipe.quantize.mode} INT8 quantization (calibrating when static)"):
             if cal_images is None and uses_calibration(recipe):
                 cal_images = calibration_images(recipe, img_size)
-            quantize_report = quantize_step(recipe, fp32, int8, cal_images) | {"smoothquant": smoothing}
+            quantize_report = quantize_step(recipe, fp32, int8, cal_images, num_tokens(model)) | {"smoothquant": smoothing}
     with timer.step("evaluate"):
         top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
         runtimes = check_runtimes(recipe, model, parity_set, eval_set, fp32, int8, top1, parity)
@@ -307,13 +307,14 @@ def smooth_step(recipe: Recipe, model: nn.Module, images: np.ndarray, device: to
     from vitdeploy.torch.smoothing import smooth
 
     x = torch.from_numpy(images).to(device)
-    ratios = smooth(model, x, recipe.quantize.smooth_alpha, recipe.quantize.calibration.batch_size)
+    ratios = smooth(model, x, recipe.quantize.smooth_alpha, calibration_batch(recipe.quantize, num_tokens(model)))
     return {"alpha": recipe.quantize.smooth_alpha, "activation_max_over_median_after": [round(r, 2) for r in ratios]}
 
 
-def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: np.ndarray | None) -> dict:
+def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: np.ndarray | None, tokens: int) -> dict:
     spec = recipe.quantize
-    reader = ArrayCalibrationReader(INPUT_NAME, images, spec.calibration.batch_size) if spec.mode == "static" else None
+    batch = calibration_batch(spec, tokens)
+    reader = ArrayCalibrationReader(INPUT_NAME, images, batch) if spec.mode == "static" else None
     return quantize_model(fp32, int8, spec, reader, correction_images=images if spec.bias_correction else None)
 
 

@@ -169,7 +169,9 @@ def _quantize(
         if spec.bias_correction:  # last: against the graph exactly as it will run
             if images is None:
                 raise ValueError("bias correction needs calibration images")
-            corrected = correct_biases(model, quantized, images, spec.calibration.batch_size)
+            corrected = correct_biases(
+                model, quantized, images, calibration.batch_size if calibration else spec.calibration.batch_size or 32
+            )
         onnx.save(quantized, str(tmp))
     return {
         "bias_correction": corrected,
@@ -183,11 +185,26 @@ def _quantize(
         "reduce_range_reason": reduce_range_reason(spec, reduce_range),
         "activation_type": "uint8" if spec.mode == "dynamic" else spec.activation_type,
         "weight_type": spec.weight_type,
-        "calibration": spec.calibration.model_dump() | {"images": len(calibration.images)} if calibration else None,
+        "calibration": spec.calibration.model_dump() | {"images": len(calibration.images), "batch_size": calibration.batch_size}
+        if calibration
+        else None,
         "weights_stored_int8": stored,
         "quantized_ops": quantized_op_counts(quantized),
         "weights": weight_stats(quantized),
     }
+
+
+def calibration_batch(spec: QuantizeSpec, tokens: int) -> int:
+    """The recipe's calibration batch, or by default 32 images of up to 128 tokens, else 1.
+
+    Why: ONNX Runtime's calibration session keeps every quantized tensor of a batch alive at
+    once, and its arena keeps the peak. Measured on ViT-S/16 at 224x224 (197 tokens) with 256
+    images, 2-core AMD EPYC: 1.5 GB peak RSS at 1 image per batch, 2.0 GB at 4, 4.2 GB at 16,
+    7.3 GB at 32, in the same 27-30 s. The ranges are the same either way: MinMax reduces each
+    batch and then takes the minimum and maximum over batches."""
+    if spec.calibration.batch_size is not None:
+        return spec.calibration.batch_size
+    return 32 if tokens <= 128 else 1
 
 
 def _calibration_options(spec: QuantizeSpec) -> dict:
