@@ -41,7 +41,16 @@ from vitdeploy.recipe.schema import Recipe
 from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session
 from vitdeploy.torch.evaluate import torch_accuracy
 from vitdeploy.torch.export import INPUT_NAME, Parity, check_parity, export_onnx
-from vitdeploy.torch.models import count_macs, count_parameters, create_model, describe, load_model, num_tokens, save_weights
+from vitdeploy.torch.models import (
+    count_macs,
+    count_parameters,
+    create_model,
+    describe,
+    load_model,
+    num_tokens,
+    save_weights,
+    with_weights_preprocess,
+)
 from vitdeploy.torch.stages import StageContext, get_stage
 
 
@@ -184,6 +193,7 @@ def build(
     """
     started = time.perf_counter()
     timer = Timer()
+    declared, recipe = recipe, with_weights_preprocess(recipe)  # the manifest names the recipe as written
     if fresh:
         clean(recipe)
     remove_stale_temporaries(recipe)
@@ -231,7 +241,7 @@ def build(
     # Every gate passed: publish. Renames are atomic; the manifest goes last.
     files = publish(recipe, model, fp32, int8)
     manifest = {
-        **recipe_record(recipe, recipe_path),
+        **recipe_record(declared, recipe_path),
         "model": model_record(model, img_size),
         "preprocess": preprocessing,
         "artifacts": files,

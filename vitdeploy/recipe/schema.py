@@ -119,6 +119,8 @@ class DataSpec(Section):
     eval_split: str = "test"
     """split every model is scored on"""
     preprocess: Preprocess = Preprocess()
+    """the model's input statistics; unset: timm's pretrained_cfg ones when the weights come from timm
+    (`pretrained`, or a plain timm/Hugging Face state dict), else CIFAR-10's"""
     image_size: int | None = Field(None, gt=0)
     """size images from `source` are decoded to (shorter side, then centre crop), whatever their
     own sizes and modes; default: the model's input size"""

@@ -22,7 +22,7 @@ from torch import nn
 from vitdeploy.core.architecture import METADATA_KEY, Architecture, BlockArch, read_architecture
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import atomic_path
-from vitdeploy.recipe.schema import ModelSpec
+from vitdeploy.recipe.schema import ModelSpec, Preprocess, Recipe
 from vitdeploy.torch.registry import attention_builder
 
 # timm modules whose models are VisionTransformer instances (DeiT adds a distillation token).
@@ -36,6 +36,22 @@ def vit_model_names() -> list[str]:
         if fn.__module__ in VIT_MODULES:
             names.append(name)
     return names
+
+
+def with_weights_preprocess(recipe: Recipe) -> Recipe:
+    """The recipe with its weights' input contract when they come from timm (`pretrained`, or a
+    plain timm/Hugging Face state dict) and the recipe sets no `data.preprocess`: timm's
+    pretrained_cfg mean, std and interpolation. The defaults are CIFAR-10's statistics; feeding
+    a model other statistics than it was trained with is the usual cause of a ViT losing points
+    after export."""
+    spec = recipe.model
+    from_timm = spec.pretrained or (spec.checkpoint is not None and read_architecture(spec.checkpoint) is None)
+    cfg = timm.get_pretrained_cfg(spec.name) if from_timm else None
+    if cfg is None or "preprocess" in recipe.data.model_fields_set:
+        return recipe
+    interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
+    pre = Preprocess(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=interpolation)
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"preprocess": pre})})
 
 
 def validate_model_name(name: str) -> None:
