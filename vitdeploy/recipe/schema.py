@@ -96,7 +96,9 @@ class Preprocess(Section):
     """Stored in the manifest: a mismatch here is the classic 'ONNX lost 7 points'."""
 
     mean: tuple[float, float, float] = CIFAR10_MEAN
-    """per-channel mean subtracted after scaling to [0, 1]"""
+    """per-channel mean subtracted after scaling to [0, 1]. With no `data.preprocess` at all, weights from
+    timm (`pretrained`, or a plain timm/Hugging Face state dict) bring their pretrained_cfg mean, std and
+    interpolation instead of these CIFAR-10 defaults"""
     std: tuple[float, float, float] = CIFAR10_STD
     """per-channel standard deviation"""
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
