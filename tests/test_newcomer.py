@@ -74,7 +74,7 @@ def test_bundle_archives_open_on_pythons_with_and_without_tarfiles_data_filter(
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"weights")
     (folder / "labels.txt").write_text("cat\ndog\n")
-    (folder / "preprocess.json").write_text(json.dumps({"size": 32}))
+    (folder / "preprocess.json").write_text(json.dumps({"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}))
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in folder.iterdir()}
     (folder / "bundle.json").write_text(json.dumps({"format": 1, "files": files, "model": {"file": "model.onnx"}}))
     with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as tf:
