@@ -38,6 +38,44 @@ def vit_model_names() -> list[str]:
     return names
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def pretrained_source(name: str) -> dict[str, str]:
+    """Where timm should read `name`'s pretrained weights: the Hugging Face cache's file when it
+    is there (no network at all: the hub client would otherwise ask the hub first and, offline,
+    retry for about a minute), else the hub; a one-line UserError at once when neither can be had."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cfg = timm.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return {}  # weights from a URL: timm's own download and cache
+    for filename in WEIGHT_FILES:
+        cached = try_to_load_from_cache(hub_id, filename)
+        if isinstance(cached, str):
+            return {"file": cached, "source": ""}
+    if constants.HF_HUB_OFFLINE or not resolvable(constants.ENDPOINT):
+        raise UserError(
+            f"model.pretrained: {hub_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
+            f"cannot be reached; download it once where it can (timm.create_model('{name}', pretrained=True)) and "
+            "copy that cache here, or give the weights as model.checkpoint"
+        )
+    return {}
+
+
+def resolvable(url: str) -> bool:
+    """Whether the hub's host name resolves: offline, it fails at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        socket.getaddrinfo(urlparse(url).hostname or "", 443)
+    except OSError:
+        return False
+    return True
+
+
 def with_weights_preprocess(recipe: Recipe) -> Recipe:
     """The recipe with its weights' input contract when they come from timm (`pretrained`, or a
     plain timm/Hugging Face state dict) and the recipe sets no `data.preprocess`: timm's
@@ -91,6 +129,8 @@ def create_model(spec: ModelSpec) -> VisionTransformer:
         with seeded_init():
             # timm's own loader resets the head and resamples the grid of pretrained weights
             first = overrides | (target if spec.pretrained else {})
+            if spec.pretrained:
+                first["pretrained_cfg_overlay"] = pretrained_source(spec.name)
             model = timm.create_model(spec.name, pretrained=spec.pretrained, exportable=True, **first)
         if not isinstance(model, VisionTransformer):
             raise UserError(f"model.name: '{spec.name}' did not build a VisionTransformer")
