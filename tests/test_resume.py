@@ -114,6 +114,7 @@ def ctrl_c_reaches_builds() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow  # 20 real kills: about 5 of the suite's 6.5 minutes
 @pytest.mark.usefixtures("ctrl_c_reaches_builds")
 def test_builds_killed_at_random_points_resume_to_identical_outputs(cifar10: Path, tmp_path: Path) -> None:
     t0 = time.perf_counter()
