@@ -13,6 +13,7 @@ places, so training, calibration and evaluation all see what the deployed model 
 
 from __future__ import annotations
 
+import functools
 import re
 import tarfile
 import zipfile
@@ -44,12 +45,10 @@ def dataset_classes(spec: DataSpec) -> tuple[str, ...] | None:
     if spec.source is not None:
         if not spec.source.exists():
             return None
-        splits = {spec.train_split, spec.eval_split}
-        try:
-            found = {p[-2] for p in (n.split("/") for n in _image_names(spec.source)) if len(p) >= 3 and p[-3] in splits}
-        except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError):
-            return None  # decoding names the problem with its own message
-        return tuple(sorted(found)) or None
+        stat = spec.source.stat()  # a changed source is listed anew
+        return _source_classes(
+            spec.source.resolve(), stat.st_mtime_ns, stat.st_size, frozenset({spec.train_split, spec.eval_split})
+        )
     meta = DataStore(spec.cache_dir).meta(dataset_name(spec))
     return tuple(meta["classes"]) if meta else None
 
@@ -58,6 +57,17 @@ def stored_override(spec: ModelSpec, key: str) -> int | None:
     """An override the checkpoint's stored architecture records (None: not a vitdeploy file)."""
     stored = read_architecture(spec.checkpoint) if spec.checkpoint is not None else None
     return stored.overrides.get(key) if stored is not None else None
+
+
+@functools.lru_cache(maxsize=8)
+def _source_classes(source: Path, mtime_ns: int, size: int, splits: frozenset[str]) -> tuple[str, ...] | None:
+    """Listed once per process, not per question: a build asks three times, and a 60,000-image
+    archive takes 2 s to list."""
+    try:
+        found = {p[-2] for p in (n.split("/") for n in _image_names(source)) if len(p) >= 3 and p[-3] in splits}
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError):
+        return None  # decoding names the problem with its own message
+    return tuple(sorted(found)) or None
 
 
 def head_size(spec: ModelSpec) -> int | None:
