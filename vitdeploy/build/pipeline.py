@@ -40,7 +40,7 @@ from vitdeploy.onnx.quantize import ArrayCalibrationReader, calibration_batch, q
 from vitdeploy.recipe.schema import Recipe
 from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session
 from vitdeploy.torch.evaluate import torch_accuracy
-from vitdeploy.torch.export import INPUT_NAME, Parity, check_parity, export_onnx
+from vitdeploy.torch.export import INPUT_NAME, Parity, check_parity, export_onnx, reference_logits
 from vitdeploy.torch.models import (
     count_macs,
     count_parameters,
@@ -216,11 +216,12 @@ def build(
             smoothing = smooth_step(recipe, model, cal_images, device)
     with timer.step("export", "exporting to ONNX and checking parity on real images"):
         raw = export_onnx(model, recipe.export, img_size, work / "export.onnx")
-        parity_raw = check_parity(model, raw, parity_set, pre, img_size)
+        reference = reference_logits(model, parity_set, pre, img_size)  # once: every parity check reuses it
+        parity_raw = check_parity(reference, raw, parity_set, pre, img_size)
     fp32 = work / "fp32.onnx"
     with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer, checking parity"):
         optimize_report = optimize_step(recipe, raw, fp32)
-        parity = check_parity(model, fp32, parity_set, pre, img_size)
+        parity = check_parity(reference, fp32, parity_set, pre, img_size)
     check_parity_gate(recipe, parity)
     int8, quantize_report = None, None
     if recipe.quantize.mode != "none":
@@ -231,7 +232,7 @@ def build(
             quantize_report = quantize_step(recipe, fp32, int8, cal_images, num_tokens(model)) | {"smoothquant": smoothing}
     with timer.step("evaluate"):
         top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
-        runtimes = check_runtimes(recipe, model, parity_set, eval_set, fp32, int8, top1, parity)
+        runtimes = check_runtimes(recipe, reference, img_size, parity_set, eval_set, fp32, int8, top1, parity)
     check_accuracy_gate(recipe, top1)
 
     preprocessing = preprocessing_record(recipe, img_size, eval_set.classes)
@@ -341,7 +342,8 @@ def check_accuracy_gate(recipe: Recipe, top1: dict[str, float]) -> None:
 
 def check_runtimes(
     recipe: Recipe,
-    model: nn.Module,
+    reference: np.ndarray,
+    size: int,
     parity_set: ImageSet,
     eval_set: ImageSet,
     fp32: Path,
@@ -351,10 +353,11 @@ def check_runtimes(
 ) -> dict:
     """Parity and top-1 of the artifact on every runtime the recipe names.
 
-    What the build already measured on ONNX Runtime (top-1, the FP32 file's parity) is reused.
+    What the build already measured on ONNX Runtime (top-1, the FP32 file's parity) is reused;
+    `reference`: PyTorch's logits of the parity images.
     """
     final = int8 or fp32
-    pre, size = recipe.data.preprocess, model.patch_embed.img_size[0]
+    pre = recipe.data.preprocess
     report = {}
     # Read once: every runtime but ONNX Runtime needs standard operators only.
     foreign = non_standard_ops(final) if any(r != "onnxruntime" for r in recipe.runtimes) else []
@@ -363,14 +366,14 @@ def check_runtimes(
             raise BuildError(f"runtime {runtime}: the artifact holds non-standard operators {foreign}; no artifact written")
         if runtime == "onnxruntime":
             final_top1 = top1.get("onnx_int8", top1["onnx_fp32"])
-            parity = fp32_parity if int8 is None else check_parity(model, final, parity_set, pre, size)
+            parity = fp32_parity if int8 is None else check_parity(reference, final, parity_set, pre, size)
         else:
             try:
                 predict = open_predictor(final, runtime)  # compiled once for both checks
             except ProviderUnavailable as err:  # a CPU without bfloat16, say: nothing to check it on
                 raise BuildError(f"runtime {runtime}: {err}; no artifact written") from None
             final_top1 = predict_accuracy(predict, eval_set, pre, size, recipe.evaluate.batch_size, f"{runtime} {final.name}")
-            parity = check_parity(model, final, parity_set, pre, size, predict=predict)
+            parity = check_parity(reference, final, parity_set, pre, size, predict=predict)
         report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": runtime_version(runtime)}
     return report
 
