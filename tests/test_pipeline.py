@@ -114,6 +114,23 @@ def test_dynamic_int8_with_fused_attention(cifar10: Path, tmp_path: Path) -> Non
     assert m["sizes_bytes"]["onnx"] <= 0.30 * m["sizes_bytes"]["fp32_onnx"]
 
 
+def test_recipes_of_one_model_share_its_fp32_export(static_build: dict, cifar10: Path) -> None:
+    """A second recipe that only quantizes differently reuses the first one's FP32 file; other
+    export options get their own."""
+    out = Path(static_build["recipe"]["resolved"]["output"]["dir"])
+    tmp = out.parent
+    path = teacher_recipe(tmp, "static_entropy", samples=200, quantize={"calibration": {"method": "entropy", "samples": 64}})
+    m = build(load_recipe(path), path, CPU)
+    assert m["export"]["reused"] and "optimize" not in m["timings_s"]
+    assert m["export"]["parity"]["top1_agreement"] >= 0.995
+    fp32 = {name: ort.InferenceSession(str(out / f"{name}.fp32.onnx")) for name in ("static", "static_entropy")}
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    a, b = (s.run(None, {"pixel_values": x})[0] for s in fp32.values())
+    np.testing.assert_array_equal(a, b)
+    other = teacher_recipe(tmp, "static_opset18", samples=200, export={"opset": 18})
+    assert "reused" not in build(load_recipe(other), other, CPU)["export"]
+
+
 def test_failed_build_leaves_no_artifact(cifar10: Path, tmp_path: Path) -> None:
     # Calibrating from a split that does not exist fails after export and optimization ran.
     path = teacher_recipe(tmp_path, "broken", samples=100)

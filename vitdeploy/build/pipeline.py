@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from vitdeploy import __version__
+from vitdeploy.build.export_cache import fp32_key, reuse_fp32, store_fp32
 from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import BuildError
 from vitdeploy.core.progress import console
@@ -72,7 +73,7 @@ def referenced_files(value: object) -> list[Path]:
 
 
 def stage_keys(recipe: Recipe) -> list[str]:
-    """Identity of the model after each stage, in order.
+    """Identity of the model before any stage, then after each stage, in order.
 
     Each key covers the model spec and its checkpoint's content, the data (content fingerprint,
     splits, preprocessing) and every stage config up to it with the content of each file they
@@ -83,7 +84,7 @@ def stage_keys(recipe: Recipe) -> list[str]:
     h.update(json.dumps(data_identity(recipe.data), sort_keys=True).encode())
     for path in referenced_files(recipe.model):
         h.update(sha256_file(path).encode())
-    keys = []
+    keys = [h.copy().hexdigest()[:12]]
     for cfg in recipe.stages:
         h.update(cfg.cache_json().encode())
         for path in referenced_files(cfg):
@@ -94,7 +95,7 @@ def stage_keys(recipe: Recipe) -> list[str]:
 
 def stage_key(recipe: Recipe, upto: int) -> str:
     """The key of the model after stage `upto` (see `stage_keys`)."""
-    return stage_keys(recipe)[upto]
+    return stage_keys(recipe)[upto + 1]
 
 
 def run_stages(recipe: Recipe, device: torch.device, checkpoint_every_s: float = 300.0) -> tuple[nn.Module, list[dict]]:
@@ -108,7 +109,7 @@ def run_stages(recipe: Recipe, device: torch.device, checkpoint_every_s: float =
     transfer = getattr(model, "vitdeploy_transfer", None)  # what a transfer reset, for the manifest
     splits: dict = {}
     reports = []
-    for i, (cfg, key) in enumerate(zip(recipe.stages, stage_keys(recipe), strict=True)):
+    for i, (cfg, key) in enumerate(zip(recipe.stages, stage_keys(recipe)[1:], strict=True)):
         folder = work_dir(recipe) / f"{i}-{cfg.stage}-{key}"
         weights, report_file = folder / "model.safetensors", folder / "report.json"
         cached = weights.is_file() and report_file.is_file()
@@ -214,13 +215,10 @@ def build(
         with timer.step("smooth", "SmoothQuant: folding activation scales into the weights"):
             cal_images = calibration_images(recipe, img_size)
             smoothing = smooth_step(recipe, model, cal_images, device)
-    with timer.step("export", "exporting to ONNX and checking parity on real images"):
-        raw = export_onnx(model, recipe.export, img_size, work / "export.onnx")
-        reference = reference_logits(model, parity_set, pre, img_size)  # once: every parity check reuses it
-        parity_raw = check_parity(reference, raw, parity_set, pre, img_size)
     fp32 = work / "fp32.onnx"
-    with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer, checking parity"):
-        optimize_report = optimize_step(recipe, raw, fp32)
+    exported = export_and_optimize(recipe, model, parity_set, fp32, timer, reuse=not fresh)
+    reference = exported.reference
+    with timer.step("parity", "checking the FP32 file against PyTorch on real images"):
         parity = check_parity(reference, fp32, parity_set, pre, img_size)
     check_parity_gate(recipe, parity)
     int8, quantize_report = None, None
@@ -248,10 +246,11 @@ def build(
         "artifacts": files,
         "export": {
             **recipe.export.model_dump(mode="json", include={"exporter", "opset", "split_qkv", "dynamic_batch"}),
-            "parity_exported": parity_raw.as_dict(),
+            "parity_exported": exported.parity_exported,
             "parity": parity.as_dict(),
+            **({"reused": exported.reused} if exported.reused else {}),
         },
-        "optimize": optimize_report,
+        "optimize": exported.optimize,
         "quantize": quantize_report,
         "evaluate": {"split": recipe.data.eval_split, "images": len(eval_set), "top1": top1},
         "runtimes": runtimes,
@@ -286,6 +285,45 @@ def portable(recipe: Recipe) -> bool:
     return any(r != "onnxruntime" for r in recipe.runtimes)
 
 
+@dataclass(frozen=True)
+class Fp32Export:
+    """How the FP32 file came to be, and PyTorch's logits of the parity images (computed once:
+    every parity check of the build compares against them)."""
+
+    reference: np.ndarray
+    parity_exported: dict  # the exporter's file against PyTorch, before fusion
+    optimize: dict | None  # the optimizer's report
+    reused: str | None  # the shared entry's key when another recipe built this file
+
+
+def export_and_optimize(
+    recipe: Recipe, model: nn.Module, parity_set: ImageSet, fp32: Path, timer: Timer, *, reuse: bool = True
+) -> Fp32Export:
+    """Write the FP32 file to `fp32`: reused from another recipe of the same model when one
+    built it already (and `reuse`), else exported, checked and optimized here and kept for the
+    next one."""
+    pre, img_size = recipe.data.preprocess, model.patch_embed.img_size[0]
+    reference = reference_logits(model, parity_set, pre, img_size)
+    key = fp32_key(recipe, stage_keys(recipe)[-1], fuse_attention(recipe), portable(recipe))
+    with timer.step("export", "exporting to ONNX and checking parity on real images"):
+        stored = reuse_fp32(recipe, key, fp32) if reuse else None
+        if stored is not None:
+            console.print(f"[cyan]reusing the FP32 export {key} (same model and export options)")
+            return Fp32Export(reference, stored["parity_exported"], stored["optimize"], key)
+        raw = export_onnx(model, recipe.export, img_size, fp32.parent / "export.onnx")
+        parity_raw = check_parity(reference, raw, parity_set, pre, img_size).as_dict()
+    with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer"):
+        optimized = optimize_step(recipe, raw, fp32)
+        store_fp32(recipe, key, fp32, {"parity_exported": parity_raw, "optimize": optimized})
+        raw.unlink()
+    return Fp32Export(reference, parity_raw, optimized, None)
+
+
+def fuse_attention(recipe: Recipe) -> bool:
+    fuse = recipe.optimize.fuse_attention
+    return recipe.quantize.mode != "static" if fuse == "auto" else fuse
+
+
 def optimize_step(recipe: Recipe, raw: Path, fp32: Path) -> dict | None:
     if not recipe.optimize.enabled:
         shutil.copyfile(raw, fp32)
@@ -294,10 +332,8 @@ def optimize_step(recipe: Recipe, raw: Path, fp32: Path) -> dict | None:
         # ORT's fusions emit its own operators (Attention, BiasGelu, ...) other runtimes cannot read.
         shutil.copyfile(raw, fp32)
         return {"skipped": f"runtimes {recipe.runtimes}: standard ONNX operators only, no ONNX Runtime fusions"}
-    fuse = recipe.optimize.fuse_attention
-    fuse = recipe.quantize.mode != "static" if fuse == "auto" else fuse
     # Heads 0: ORT reads each block's head count from its graph (pruned blocks differ).
-    return optimize_transformer(raw, fp32, recipe.optimize, 0, 0, fuse)
+    return optimize_transformer(raw, fp32, recipe.optimize, 0, 0, fuse_attention(recipe))
 
 
 def uses_calibration(recipe: Recipe) -> bool:

@@ -397,14 +397,14 @@ class EvaluateSpec(Section):
 class OutputSpec(Section):
     dir: Path = Path("../artifacts")
     """where artifacts and the manifest go (relative to the recipe)"""
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 # ---------------------------------------------------------------- recipe
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="artifact name")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="artifact name")
     description: str = ""
     """free text, copied to the manifest"""
     model: ModelSpec
