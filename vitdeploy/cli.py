@@ -18,6 +18,7 @@ from rich.table import Table
 
 from vitdeploy.core.errors import BuildError, UserError
 from vitdeploy.core.providers import choices_help, provider_list
+from vitdeploy.core.storage import STORAGE_ERRNOS, storage_error
 
 # Plain click help: rich's boxed panels wrap option descriptions badly at 80 columns.
 app = typer.Typer(
@@ -53,6 +54,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:  # a library's error: one line, the traceback only on request
             if os.environ.get("VITDEPLOY_DEBUG"):
                 raise
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:  # a full or read-only disk: the user's to fix
+                folder = Path(e.filename).parent if e.filename else Path.cwd()
+                err.print(f"[bold red]error:[/] {storage_error(e, folder)}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             err.print(
                 f"[bold red]error:[/] {type(e).__name__}: {first} (VITDEPLOY_DEBUG=1 shows the traceback)",
@@ -136,29 +141,38 @@ def build(
     checkpoint_every: Annotated[
         float, typer.Option(min=0, help="seconds between training checkpoints within an epoch (also at every epoch end)")
     ] = 300.0,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="if the recipe is being built now, stop (exit 2)")] = False,
 ) -> None:
     """Build a recipe: stages, ONNX export, optimize, quantize, evaluate, manifest.
 
-    An interrupted build (Ctrl-C, kill) resumes where it stopped when run again.
+    An interrupted build (Ctrl-C, kill) resumes where it stopped when run again. A second
+    build of the same recipe waits for the first one.
     """
     r = _validate(recipe)
     from vitdeploy.build.pipeline import build as run_build
     from vitdeploy.torch.stages import resolve_device
 
     with interrupt_on_sigterm():
-        manifest = run_build(r, recipe.resolve(), resolve_device(device), fresh=fresh, checkpoint_every_s=checkpoint_every)
+        manifest = run_build(
+            r, recipe.resolve(), resolve_device(device), fresh=fresh, checkpoint_every_s=checkpoint_every, wait=not no_wait
+        )
     out.print(summary_table(manifest))
 
 
 @app.command(short_help="Remove recipes' caches (not their artifacts).")
 @user_errors
-def clean(recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files whose cache to remove")]) -> None:
-    """Remove recipes' caches: saved stage outputs, training checkpoints, work files (not the artifacts)."""
+def clean(
+    recipes: Annotated[list[Path], typer.Argument(help="recipe YAML files whose cache to remove")],
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="if a recipe is being built now, stop (exit 2)")] = False,
+) -> None:
+    """Remove recipes' caches: saved stage outputs, training checkpoints, work files (not the artifacts).
+
+    A recipe being built is cleaned when its build ends."""
     from vitdeploy.build.pipeline import clean as clean_cache
 
     for path in recipes:
         r = _validate(path)
-        freed = clean_cache(r)
+        freed = clean_cache(r, wait=not no_wait)
         out.print(f"{r.artifact_name}: removed {freed / 1e6:.1f} MB of cache", highlight=False)
 
 

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 from vitdeploy import __version__
-from vitdeploy.core.storage import atomic_path, write_json_atomic
+from vitdeploy.core.storage import StorageError, atomic_path, write_json_atomic
 from vitdeploy.data.datasets import data_identity
 from vitdeploy.recipe.schema import Recipe
 
@@ -70,9 +70,18 @@ def reuse_fp32(recipe: Recipe, key: str, target: Path) -> dict | None:
     return json.loads(record.read_text())
 
 
-def store_fp32(recipe: Recipe, key: str, fp32: Path, record: dict) -> None:
-    """Keep a copy of a freshly built FP32 file for other recipes of the same model."""
+def store_fp32(recipe: Recipe, key: str, fp32: Path, record: dict) -> str | None:
+    """Keep a copy of a freshly built FP32 file for other recipes of the same model.
+
+    Best effort: a disk too full for the copy only costs the next recipe an export, so the
+    reason is returned (for a note) instead of failing the build.
+    """
     entry = exports_dir(recipe) / key
-    with atomic_path(entry / "fp32.onnx") as tmp:
-        shutil.copyfile(fp32, tmp)
-    write_json_atomic(entry / "record.json", record)  # last: an entry with a record is complete
+    try:
+        with atomic_path(entry / "fp32.onnx") as tmp:
+            shutil.copyfile(fp32, tmp)
+        write_json_atomic(entry / "record.json", record)  # last: an entry with a record is complete
+    except StorageError as err:
+        shutil.rmtree(entry, ignore_errors=True)
+        return str(err)
+    return None

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.core.contract import BuildManifest
+from vitdeploy.core.contract import BuildManifest, InputContract
 from vitdeploy.core.errors import UserError
-from vitdeploy.core.storage import sha256_file
+from vitdeploy.core.storage import atomic_path, sha256_file, storage_faults, writable_folder
 from vitdeploy.runtime.bundle import BUNDLE_FORMAT, MANIFEST
 
 # Opset -> the first ONNX Runtime release implementing it (ONNX Runtime's compatibility matrix).
@@ -81,23 +81,39 @@ def package(
     if not classes:
         raise UserError(f"{manifest_path}: the manifest lists no class names")
     archive = out.name.endswith((".tar.gz", ".tgz"))
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    parent = writable_folder(out.parent)
+    with storage_faults(parent, out.name):  # a full or read-only disk: one line naming the folder
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        try:
+            write_bundle(staging, model, manifest, role, facts, contract, ort_format, benchmarks, bench_environment)
+            publish_bundle(staging, out, archive)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def write_bundle(
+    staging: Path,
+    model: Path,
+    manifest: BuildManifest,
+    role: str,
+    facts: dict[str, Any],
+    contract: InputContract,
+    ort_format: bool,
+    benchmarks: list[dict[str, Any]] | None,
+    bench_environment: dict[str, Any] | None,
+) -> None:
+    """Every file of the bundle, into the staging folder."""
+    classes = contract.classes
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
-    try:
-        shutil.copyfile(model, staging / "model.onnx")
-        (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
-        (staging / "preprocess.json").write_text(json.dumps(contract.bundle_record(), indent=2) + "\n")
-        extra = convert_to_ort(staging / "model.onnx", staging) if ort_format else {}
-        record = bundle_record(manifest, role, facts, staging, extra, benchmarks or [], bench_environment)
-        (staging / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
-        publish_bundle(staging, out, archive)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    shutil.copyfile(model, staging / "model.onnx")
+    (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
+    (staging / "preprocess.json").write_text(json.dumps(contract.bundle_record(), indent=2) + "\n")
+    extra = convert_to_ort(staging / "model.onnx", staging) if ort_format else {}
+    record = bundle_record(manifest, role, facts, staging, extra, benchmarks or [], bench_environment)
+    (staging / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def built_artifact(model: Path) -> tuple[BuildManifest, Path, str]:
@@ -212,15 +228,16 @@ def max_output_difference(a: Path, b: Path, batch: int = 4) -> float:
 def publish_bundle(staging: Path, out: Path, archive: bool) -> None:
     """Rename the finished folder (or a finished archive of it) onto `out`: all or nothing."""
     if archive:
-        tmp = out.with_name(f".{out.name}.tmp")
-        with tarfile.open(tmp, "w:gz") as tf:
+        with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tf:
             for p in sorted(staging.iterdir()):
                 tf.add(p, arcname=p.name)
-        os.replace(tmp, out)
         return
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise UserError(f"{out}: exists and is not a bundle; choose another --out")
+    # The old bundle stays whole until the new one is in place (renames need no space).
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
-        if not (out / MANIFEST).is_file():
-            raise UserError(f"{out}: exists and is not a bundle; choose another --out")
-        shutil.rmtree(out)
+        os.replace(out, old)
     os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
     staging.mkdir()  # the caller removes it

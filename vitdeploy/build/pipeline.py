@@ -30,8 +30,9 @@ from vitdeploy import __version__
 from vitdeploy.build.export_cache import fp32_key, reuse_fp32, store_fp32
 from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import BuildError
+from vitdeploy.core.locking import exclusive
 from vitdeploy.core.progress import console
-from vitdeploy.core.storage import sha256_file, write_json_atomic
+from vitdeploy.core.storage import sha256_file, storage_faults, write_json_atomic
 from vitdeploy.data.classes import check_head_matches, decode_size, mismatch, with_head_for_data
 from vitdeploy.data.datasets import ImageSet, data_identity, load_split, preprocess
 from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
@@ -164,12 +165,39 @@ def environment(runtimes: list[str]) -> dict:
     }
 
 
-def file_record(path: Path) -> dict:
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+def file_record(path: Path, name: str | None = None) -> dict:
+    """Size and hash of `path`, under the name it is published as (`name`, default its own)."""
+    return {"file": name or path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def clean(recipe: Recipe) -> int:
-    """Remove the recipe's cache (stage outputs, training checkpoints, work files); bytes freed."""
+def lock_path(recipe: Recipe) -> Path:
+    # Beside the work folders, not in one: `clean` removes the recipe's folder while holding it.
+    # Artifact names never start with a dot, so `.locks` is no recipe's folder.
+    return recipe.output.dir / ".work" / ".locks" / recipe.artifact_name
+
+
+@contextlib.contextmanager
+def recipe_lock(recipe: Recipe, *, wait: bool = True) -> Iterator[None]:
+    """Hold the recipe's build lock: one build (or clean) of an artifact at a time."""
+
+    def say(message: str) -> None:
+        console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+    with exclusive(lock_path(recipe), f"a build of {recipe.artifact_name}", wait=wait, say=say) as killed:
+        if killed is not None:
+            say(f"taking over from a build of {recipe.artifact_name} that was killed: {killed.describe()}")
+        yield
+
+
+def clean(recipe: Recipe, *, wait: bool = True) -> int:
+    """Remove the recipe's cache (stage outputs, training checkpoints, work files); bytes freed.
+
+    Waits for a build of the same recipe to finish first (`wait` False: refuses at once)."""
+    with recipe_lock(recipe, wait=wait):
+        return remove_work(recipe)
+
+
+def remove_work(recipe: Recipe) -> int:
     work = work_dir(recipe)
     freed = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) if work.is_dir() else 0
     shutil.rmtree(work, ignore_errors=True)
@@ -178,25 +206,46 @@ def clean(recipe: Recipe) -> int:
 
 
 def remove_stale_temporaries(recipe: Recipe) -> None:
-    """Temporary files a killed build left behind (a clean exit removes its own)."""
+    """Temporary files a killed build left behind (a clean exit removes its own).
+
+    Only called with the recipe's lock held: no other build of it is writing them now."""
     out, name = recipe.output.dir, recipe.artifact_name
     for tmp in [*out.glob(f".{name}.*.tmp"), *work_dir(recipe).rglob(".*.tmp")]:
         tmp.unlink(missing_ok=True)
+    for scratch in work_dir(recipe).glob(".quantize-*"):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def build(
-    recipe: Recipe, recipe_path: Path, device: torch.device, *, fresh: bool = False, checkpoint_every_s: float = 300.0
+    recipe: Recipe,
+    recipe_path: Path,
+    device: torch.device,
+    *,
+    fresh: bool = False,
+    checkpoint_every_s: float = 300.0,
+    wait: bool = True,
 ) -> dict:
     """Build the recipe's artifacts; returns the manifest (also written beside them).
 
     Rerunning an interrupted build continues from what it saved: finished stages, and the
-    training state of the stage it was in. `fresh` drops all of that first.
+    training state of the stage it was in. `fresh` drops all of that first. A second build of
+    the same artifact waits for the first (`wait` False: refuses at once). A full or read-only
+    disk ends the build with a `StorageError` naming the folder; what was published before
+    stays as it was.
     """
+    with recipe_lock(recipe, wait=wait), storage_faults(recipe.output.dir):
+        return build_locked(recipe, recipe_path, device, fresh=fresh, checkpoint_every_s=checkpoint_every_s)
+
+
+def build_locked(
+    recipe: Recipe, recipe_path: Path, device: torch.device, *, fresh: bool = False, checkpoint_every_s: float = 300.0
+) -> dict:
+    """`build`, with the recipe's lock held."""
     started = time.perf_counter()
     timer = Timer()
     declared, recipe = recipe, with_weights_preprocess(recipe)  # the manifest names the recipe as written
     if fresh:
-        clean(recipe)
+        remove_work(recipe)
     remove_stale_temporaries(recipe)
     work = work_dir(recipe)  # created by the first file written there: bad input leaves nothing behind
     pre = recipe.data.preprocess
@@ -237,8 +286,10 @@ def build(
     for path in (fp32, int8):
         if path is not None:
             stamp_preprocess(path, preprocessing)
-    # Every gate passed: publish. Renames are atomic; the manifest goes last.
-    files = publish(recipe, model, fp32, int8)
+    # Every gate passed: everything is written in the work folder first, so a full disk stops
+    # the build before the output folder changes; then renames (atomic, no space needed).
+    staged = stage_files(recipe, model, fp32, int8)
+    files = {key: file_record(ready, published.name) for key, (ready, published) in staged.items()}
     manifest = {
         **recipe_record(declared, recipe_path),
         "model": model_record(model, img_size),
@@ -260,7 +311,8 @@ def build(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "environment": environment(recipe.runtimes),
     }
-    write_json_atomic(recipe.output.dir / f"{recipe.artifact_name}.json", manifest)
+    write_json_atomic(work / "manifest.json", manifest)
+    publish(recipe, staged, work / "manifest.json")
     return manifest
 
 
@@ -314,7 +366,9 @@ def export_and_optimize(
         parity_raw = check_parity(reference, raw, parity_set, pre, img_size).as_dict()
     with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer"):
         optimized = optimize_step(recipe, raw, fp32)
-        store_fp32(recipe, key, fp32, {"parity_exported": parity_raw, "optimize": optimized})
+        not_kept = store_fp32(recipe, key, fp32, {"parity_exported": parity_raw, "optimize": optimized})
+        if not_kept:
+            console.print(f"[yellow]the FP32 export was not kept for other recipes: {not_kept}", soft_wrap=True)
         raw.unlink()
     return Fp32Export(reference, parity_raw, optimized, None)
 
@@ -435,28 +489,27 @@ def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]
     return contract.manifest_record()
 
 
-def publish(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None) -> dict[str, dict]:
-    """Rename the checked files into the output folder; returns their records.
+def stage_files(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None) -> dict[str, tuple[Path, Path]]:
+    """Every artifact file, ready in the work folder: {manifest key: (ready file, published path)}."""
+    name, out = recipe.artifact_name, recipe.output.dir
+    staged = {"fp32_onnx": (fp32, out / f"{name}.fp32.onnx"), "onnx": (int8, out / f"{name}.onnx")} if int8 else {}
+    staged = staged or {"onnx": (fp32, out / f"{name}.onnx")}
+    if recipe.stages:
+        save_weights(model, work_dir(recipe) / "model.safetensors")
+        staged["torch"] = (work_dir(recipe) / "model.safetensors", out / f"{name}.safetensors")
+    return staged
 
-    The old manifest goes first: until the new one is written, no manifest describes files
+
+def publish(recipe: Recipe, staged: dict[str, tuple[Path, Path]], manifest: Path) -> None:
+    """Rename the checked files, then their manifest, into the output folder.
+
+    The old manifest goes first: until the new one is renamed in, no manifest describes files
     that are not its own (a build killed in between leaves files and no manifest).
     """
-    name, out = recipe.artifact_name, recipe.output.dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").unlink(missing_ok=True)
-    files: dict[str, dict] = {}
-    final = out / f"{name}.onnx"
-    if int8 is not None:
-        os.replace(fp32, out / f"{name}.fp32.onnx")
-        os.replace(int8, final)
-        files["fp32_onnx"] = file_record(out / f"{name}.fp32.onnx")
-    else:
-        os.replace(fp32, final)
-    files["onnx"] = file_record(final)
-    if recipe.stages:
-        save_weights(model, out / f"{name}.safetensors")
-        files["torch"] = file_record(out / f"{name}.safetensors")
-    return files
+    (recipe.output.dir / f"{recipe.artifact_name}.json").unlink(missing_ok=True)
+    for ready, published in staged.values():
+        os.replace(ready, published)
+    os.replace(manifest, recipe.output.dir / f"{recipe.artifact_name}.json")
 
 
 def recipe_record(recipe: Recipe, recipe_path: Path) -> dict:

@@ -1,27 +1,86 @@
-"""Atomic file writes and content hashes.
+"""Atomic file writes, content hashes, and what a full or read-only disk means to a user.
 
 An interrupted or failed build must never leave a half-written artifact: everything is
-written to a temporary file in the target's folder and renamed into place on success.
+written to a temporary file in the target's folder and renamed into place on success. A
+write that fails for a reason of the machine (no space, a read-only or foreign folder) is
+the user's to fix, so it becomes a `StorageError`: one line naming the folder, exit 2.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vitdeploy.core.errors import UserError
+
+# errno values that describe the machine, not a bug: the user frees space or picks a folder.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+class StorageError(UserError):
+    """No space, a read-only folder, or no permission to write there."""
+
+
+def storage_error(err: OSError, folder: Path, writing: str | None = None, written: int | None = None) -> StorageError:
+    """The one-line message for a failed write into `folder` (`writing`: the file's name)."""
+    what = f" (writing {writing}" + (f", {mb(written)} written when it failed)" if written else ")") if writing else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        free = free_bytes(folder)
+        room = f"; {mb(free)} free there" if free is not None else ""
+        return StorageError(f"no space left in {folder}{what}{room}: free some space or choose another folder")
+    if err.errno == errno.EROFS:
+        return StorageError(f"{folder} is on a read-only file system{what}: choose a writable folder")
+    return StorageError(f"no permission to write in {folder}{what}: choose a folder you can write to")
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def free_bytes(folder: Path) -> int | None:
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return None
+
+
+@contextlib.contextmanager
+def storage_faults(folder: Path, writing: str | None = None) -> Iterator[None]:
+    """Turn a machine-caused write failure in the block into a `StorageError` about `folder`."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(err, Path(err.filename).parent if err.filename and writing is None else folder, writing) from None
+
+
+def writable_folder(folder: Path) -> Path:
+    """Create `folder` (and its parents) or say in one line why it cannot be."""
+    with storage_faults(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` if the block succeeds.
+
+    A full or read-only disk, in the block or in the rename, raises `StorageError` naming
+    `target`'s folder; the temporary file is removed whatever happens.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    folder = writable_folder(target.parent)
+    with storage_faults(folder, target.name):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -32,6 +91,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
         # ordinary files, so the mode is set on whatever stands at `tmp` now.
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        written = tmp.stat().st_size if tmp.exists() else None
+        raise storage_error(err, folder, target.name, written) from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -96,6 +96,23 @@ def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     return sorted(excluded)
 
 
+@contextlib.contextmanager
+def scratch_beside(target: Path) -> Iterator[str]:
+    """A scratch folder next to `target`, also used by ONNX Runtime's quantizer for its own files.
+
+    The quantizer writes typed and augmented copies of the model (for ViT-B/16, each several
+    hundred MB) to `tempfile`'s folder; keeping them on the output's disk means a full disk is reported for
+    the folder the user chose, and a small /tmp is never the limit. Removed on exit.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmpdir:
+        tempfile.tempdir = tmpdir
+        try:
+            yield tmpdir
+        finally:
+            tempfile.tempdir = previous
+
+
 def quantize_model(
     source: Path,
     target: Path,
@@ -106,7 +123,7 @@ def quantize_model(
     """Quantize `source` into `target` atomically; return what was done, for the manifest.
 
     `correction_images` (preprocessed, NCHW) feed `spec.bias_correction`."""
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with scratch_beside(target) as tmpdir:
         # Symbolic shape inference types the tensors around ORT's fused contrib ops
         # (SkipLayerNormalization, BiasGelu, Attention); without it the quantizer skips
         # every MatMul that follows one of them.
