@@ -501,15 +501,30 @@ def stage_files(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None)
 
 
 def publish(recipe: Recipe, staged: dict[str, tuple[Path, Path]], manifest: Path) -> None:
-    """Rename the checked files, then their manifest, into the output folder.
+    """Rename the checked files, then their manifest, into the output folder: all or nothing.
 
-    The old manifest goes first: until the new one is renamed in, no manifest describes files
-    that are not its own (a build killed in between leaves files and no manifest).
+    The previous files are first renamed aside (the manifest first: no manifest ever describes
+    files that are not its own) and put back if any rename fails; renames need no space.
     """
-    (recipe.output.dir / f"{recipe.artifact_name}.json").unlink(missing_ok=True)
-    for ready, published in staged.values():
-        os.replace(ready, published)
-    os.replace(manifest, recipe.output.dir / f"{recipe.artifact_name}.json")
+    moves = [*staged.values(), (manifest, recipe.output.dir / f"{recipe.artifact_name}.json")]
+    previous = [published for _, published in reversed(moves) if published.exists()]
+    aside = {p: p.with_name(f".{p.name}.{os.getpid()}.previous.tmp") for p in previous}
+    done: list[Path] = []
+    try:
+        for p in previous:
+            os.replace(p, aside[p])
+        for ready, published in moves:
+            os.replace(ready, published)
+            done.append(published)
+    except OSError:
+        for published in done:
+            published.unlink(missing_ok=True)
+        for p, backup in aside.items():
+            if backup.exists():
+                os.replace(backup, p)
+        raise
+    for backup in aside.values():
+        backup.unlink()
 
 
 def recipe_record(recipe: Recipe, recipe_path: Path) -> dict:

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,16 +30,36 @@ class StorageError(UserError):
     """No space, a read-only folder, or no permission to write there."""
 
 
-def storage_error(err: OSError, folder: Path, writing: str | None = None, written: int | None = None) -> StorageError:
+def storage_error(err: BaseException, folder: Path, writing: str | None = None, written: int | None = None) -> StorageError:
     """The one-line message for a failed write into `folder` (`writing`: the file's name)."""
     what = f" (writing {writing}" + (f", {mb(written)} written when it failed)" if written else ")") if writing else ""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    code = storage_errno(err)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         free = free_bytes(folder)
         room = f"; {mb(free)} free there" if free is not None else ""
         return StorageError(f"no space left in {folder}{what}{room}: free some space or choose another folder")
-    if err.errno == errno.EROFS:
+    if code == errno.EROFS:
         return StorageError(f"{folder} is on a read-only file system{what}: choose a writable folder")
     return StorageError(f"no permission to write in {folder}{what}: choose a folder you can write to")
+
+
+def storage_errno(err: BaseException) -> int | None:
+    """The machine-caused errno behind `err`, if any.
+
+    Libraries written in Rust or C++ (safetensors, say) raise their own exception types with
+    the OS error only in the text, as `... (os error 28)`."""
+    if isinstance(err, OSError):
+        return err.errno if err.errno in STORAGE_ERRNOS else None
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found and int(found.group(1)) in STORAGE_ERRNOS else None
+
+
+def require_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse before a step whose writer does not report a full disk (ONNX's shape inference
+    truncates its output silently; the next reader then fails with a parse error)."""
+    free = free_bytes(folder)
+    if free is not None and free < needed:
+        raise StorageError(f"no space left in {folder} for {what}: it needs about {mb(needed)}, {mb(free)} free there")
 
 
 def mb(n: int) -> str:
@@ -57,16 +78,25 @@ def storage_faults(folder: Path, writing: str | None = None) -> Iterator[None]:
     """Turn a machine-caused write failure in the block into a `StorageError` about `folder`."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in STORAGE_ERRNOS:
+    except Exception as err:
+        if storage_errno(err) is None:
             raise
-        raise storage_error(err, Path(err.filename).parent if err.filename and writing is None else folder, writing) from None
+        named = getattr(err, "filename", None)
+        raise storage_error(err, Path(named).parent if named and writing is None else folder, writing) from None
 
 
 def writable_folder(folder: Path) -> Path:
     """Create `folder` (and its parents) or say in one line why it cannot be."""
     with storage_faults(folder):
         folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def check_writable(folder: Path) -> Path:
+    """Fail now, in one line, if `folder` cannot take a file (before minutes of work meant for it)."""
+    writable_folder(folder)
+    with storage_faults(folder):
+        tempfile.TemporaryFile(dir=folder).close()
     return folder
 
 
@@ -91,8 +121,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
         # ordinary files, so the mode is set on whatever stands at `tmp` now.
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
-    except OSError as err:
-        if err.errno not in STORAGE_ERRNOS:
+    except Exception as err:
+        if storage_errno(err) is None:
             raise
         written = tmp.stat().st_size if tmp.exists() else None
         raise storage_error(err, folder, target.name, written) from None

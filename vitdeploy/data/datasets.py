@@ -26,7 +26,7 @@ from PIL import Image
 
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.progress import progress_bar
-from vitdeploy.core.storage import atomic_path
+from vitdeploy.core.storage import atomic_path, check_writable
 from vitdeploy.recipe.schema import DataSpec, Preprocess
 from vitdeploy.runtime.imaging import IMAGE_SUFFIXES, RESAMPLE, ImageError, decode, normalize
 
@@ -203,6 +203,7 @@ class DataStore:
         meta = self.meta(name)
         if meta and meta["fingerprint"] == fingerprint and meta.get("size") == size:
             return meta
+        check_writable(self.folder(name))  # before decoding: a read-only cache fails at once
         sets = decode_cifar10_binary(source) if _is_cifar_binary(source) else decode_imagefolder(source, splits, size)
         return self._write(name, sets, str(source.resolve()), fingerprint, size)
 
