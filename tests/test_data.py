@@ -107,3 +107,47 @@ def test_a_non_image_member_is_named_not_a_traceback(tmp_path: Path) -> None:
 def test_missing_cache_hint_names_the_recipes_cache_dir(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"--cache-dir {tmp_path / 'elsewhere'}"):
         load_split(DataSpec(dataset="cifar10", cache_dir=tmp_path / "elsewhere"), "train")
+
+
+def make_photo_folder(root: Path, per_class: int = 5) -> None:
+    """A user's folder: class folders only, images of mixed sizes, modes and formats."""
+    rng = np.random.default_rng(1)
+    modes = [("RGB", "jpg"), ("L", "png"), ("RGBA", "png"), ("P", "png"), ("CMYK", "jpg")]
+    for cls, colour in (("apple", (220, 30, 30)), ("leaf", (30, 200, 40)), ("sky", (40, 60, 230))):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            mode, ext = modes[i % len(modes)]
+            w, h = (int(v) for v in rng.integers(30, 90, 2))
+            Image.new("RGB", (w, h), colour).convert(mode).save(root / cls / f"{i}.{ext}")
+
+
+def test_a_folder_of_class_folders_is_split_80_20_by_a_fixed_seed(tmp_path: Path) -> None:
+    make_photo_folder(tmp_path / "photos")
+    spec = DataSpec(dataset="photos", source=tmp_path / "photos", cache_dir=tmp_path / "c")
+    train, test = load_split(spec, "train", size=24), load_split(spec, "test", size=24)
+    assert train.classes == test.classes == ("apple", "leaf", "sky")
+    assert (len(train), len(test)) == (12, 3)  # one of each class's five held out
+    assert sorted(test.labels.tolist()) == [0, 1, 2] and train.images.shape[1:] == (24, 24, 3)
+    again = DataStore(tmp_path / "other").import_source("p", tmp_path / "photos", {"train", "test"}, size=24)
+    assert again["splits"] == {"train": 12, "test": 3}
+    np.testing.assert_array_equal(DataStore(tmp_path / "other").load("p", "test").images, test.images)
+
+
+def test_a_single_folder_cannot_serve_a_split_it_does_not_make(tmp_path: Path) -> None:
+    make_photo_folder(tmp_path / "photos")
+    with pytest.raises(UserError, match=r"no split folder.*one folder of class folders to be split 80/20"):
+        DataStore(tmp_path / "c").import_source("p", tmp_path / "photos", {"train", "val"}, size=24)
+
+
+def test_every_undecodable_file_is_named_at_once(tmp_path: Path) -> None:
+    make_photo_folder(tmp_path / "photos")
+    (tmp_path / "photos" / "apple" / "notes.jpg").write_text("not an image")
+    (tmp_path / "photos" / "sky" / "cut.png").write_bytes((tmp_path / "photos" / "sky" / "1.png").read_bytes()[:40])
+    with pytest.raises(UserError, match=r"2 file\(s\) could not be decoded.*apple/notes.jpg.*sky/cut.png"):
+        DataStore(tmp_path / "c").import_source("p", tmp_path / "photos", size=24)
+
+
+def test_mixed_sizes_without_a_size_say_which_setting_to_give(tmp_path: Path) -> None:
+    make_photo_folder(tmp_path / "photos")
+    with pytest.raises(UserError, match=r"images of different sizes.*data.image_size"):
+        DataStore(tmp_path / "c").import_source("p", tmp_path / "photos")

@@ -501,13 +501,19 @@ def data_get(
     name: Annotated[str, typer.Argument(help="'cifar10', or a name for an ImageFolder source")],
     from_: Annotated[Path | None, typer.Option("--from", help="local archive or folder to import")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="default: $VITDEPLOY_CACHE or ~/.cache/vitdeploy")] = None,
+    size: Annotated[
+        int | None, typer.Option(min=8, help="decode every image to SIZE x SIZE (shorter side, then centre crop)")
+    ] = None,
 ) -> None:
-    """Decode a dataset once into the cache (download CIFAR-10 when online)."""
+    """Decode a dataset once into the cache (download CIFAR-10 when online).
+
+    An ImageFolder source is <root>/<split>/<class>/<image> (train/ and test/, optionally val/),
+    or <root>/<class>/<image>, split here: a fixed 20 % of each class becomes test."""
     from vitdeploy.data.datasets import DataStore
 
     store = DataStore(cache_dir)
     if from_ is not None:
-        meta = store.import_source(name, from_)
+        meta = store.import_source(name, from_, size=size)
     elif name == "cifar10":
         meta = store.download_cifar10()
     else:

@@ -3,8 +3,8 @@
 The lock is the kernel's (`flock` on a file in the work folder), so a holder that dies in any
 way, `kill -9` included, releases it at once: there is no stale lock to break by hand, and no
 timeout to guess. The file also records who holds it (pid, start time, command), which is what
-a waiting build prints; a record whose process is gone tells the next holder it took over
-from a killed build. Taking and releasing the lock costs well under a millisecond.
+a waiting build prints; a holder that ends removes it, so a file left with a dead pid tells the
+next holder it took over from a killed build. Taking and releasing the lock costs about 0.1 ms.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import writable_folder
@@ -63,27 +64,55 @@ def exclusive(path: Path, what: str, *, wait: bool = True, say: Callable[[str], 
     """Hold the lock at `path` for the block; yields the killed holder it took over from, if any.
 
     `wait` False: raise `LockBusy` (exit 2) at once when another process holds it. `what`
-    names the locked thing in messages ("the build of vit_static_int8").
+    names the locked thing in messages ("a build of vit_static_int8"). The file, and the
+    folders made for it, are removed on release, so a refused build leaves nothing behind.
     """
-    writable_folder(path.parent)
-    with path.open("a+") as f:
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
+    f = _acquire(path, what, wait, say)
+    try:
+        previous = _holder(f)
+        killed = previous if previous is not None and previous.pid != os.getpid() and not previous.alive() else None
+        _record(f, Holder.me())
+        yield killed
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a waiter then sees a stale file and retries
+        f.close()  # releases the lock
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the build wrote there, or another build is starting
+                break
+
+
+def _acquire(path: Path, what: str, wait: bool, say: Callable[[str], None]) -> IO[str]:
+    """The locked, open lock file: the one at `path` now (a releasing holder removes its file,
+    so a lock won on a removed file is retried)."""
+    said = False
+    while True:
+        writable_folder(path.parent)
+        try:
+            f = path.open("a+")
+        except FileNotFoundError:  # its folder removed by a releasing holder just now
+            continue
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(f)
             by = holder.describe() if holder else "another process"
             if not wait:
+                f.close()
                 raise LockBusy(f"{what} is running in {by}; wait for it, or leave out --no-wait to queue") from None
-            say(f"waiting for {what} in {by} to finish")
+            if not said:
+                say(f"waiting for {what} in {by} to finish")
+                said = True
             fcntl.flock(f, fcntl.LOCK_EX)
-        previous = _holder(f)
-        killed = previous if previous is not None and previous.pid != os.getpid() and not previous.alive() else None
-        _record(f, Holder.me())
         try:
-            yield killed
-        finally:
-            f.truncate(0)  # released cleanly: the next holder finds no record
-            fcntl.flock(f, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(f.fileno()).st_ino:
+            return f
+        f.close()
 
 
 def _holder(f) -> Holder | None:

@@ -92,12 +92,13 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
-def check_writable(folder: Path) -> Path:
-    """Fail now, in one line, if `folder` cannot take a file (before minutes of work meant for it)."""
-    writable_folder(folder)
-    with storage_faults(folder):
-        tempfile.TemporaryFile(dir=folder).close()
-    return folder
+def check_writable(folder: Path) -> None:
+    """Fail now, in one line, if `folder` could not take a file (before minutes of work meant
+    for it). Creates nothing: the test is made in its nearest existing ancestor."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
+    if existing is not None:
+        with storage_faults(folder):
+            tempfile.TemporaryFile(dir=existing).close()
 
 
 @contextlib.contextmanager

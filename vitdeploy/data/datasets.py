@@ -113,51 +113,104 @@ def _iter_members(source: Path) -> Iterator[tuple[str, bytes]]:
         raise UserError(f"{source}: could not be read ({err})") from None
 
 
+HOLDOUT_SHARE, HOLDOUT_SEED = 0.2, 0  # a folder without split folders: 20 % of each class is "test"
+
+
 def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int | None = None) -> dict[str, ImageSet]:
     """Decode the splits of an ImageFolder folder or archive into arrays.
 
-    With `splits` None, every folder two levels above an image is a split.
+    `<root>/<split>/<class>/<image>`; with `splits` None, every folder two levels above an
+    image is a split. A folder of class folders alone (`<root>/<class>/<image>`) is split
+    here: a fixed, seeded 20 % of each class becomes "test", the rest "train".
     """
-    raw: dict[str, list[tuple[str, bytes]]] = {s: [] for s in splits or ()}
-    names: dict[str, list[str]] = {s: [] for s in splits or ()}
-    for name, data in _iter_members(source):
-        parts = name.split("/")
-        if len(parts) < 3:
-            continue
-        split, cls = parts[-3], parts[-2]
-        if splits is None or split in splits:
-            raw.setdefault(split, []).append((cls, data))
-            names.setdefault(split, []).append(name)
+    members = [(name, data) for name, data in _iter_members(source) if name.count("/") >= 1]
+    raw = group_by_split(members, splits)
+    if raw is None and members:
+        raw = split_single_folder(source, members, splits)
+    raw = raw or {s: [] for s in splits or ()}
     empty = [s for s, items in raw.items() if not items]
     if empty or not raw:
         raise UserError(
             f"{source}: no images for split(s) {', '.join(sorted(empty)) or '(any)'}; expected "
-            "<root>/<split>/<class>/<image> (e.g. train/cat/0001.jpg)"
+            "<root>/<split>/<class>/<image> (e.g. train/cat/0001.jpg) or <root>/<class>/<image>"
         )
-    classes = tuple(sorted({c for items in raw.values() for c, _ in items}))
+    classes = tuple(sorted({cls for items in raw.values() for _, cls, _ in items}))
     for split, items in raw.items():
-        absent = sorted(set(classes) - {c for c, _ in items})
+        absent = sorted(set(classes) - {cls for _, cls, _ in items})
         if absent:
             names = ", ".join(absent[:5])
             raise UserError(f"{source}: split '{split}' has no images of class(es) {names}; every class needs images")
+    return decode_groups(source, raw, classes, size)
+
+
+Member = tuple[str, str, bytes]  # (path in the source, class, file bytes)
+
+
+def group_by_split(members: list[tuple[str, bytes]], splits: set[str] | None) -> dict[str, list[Member]] | None:
+    """{split: members} from `<split>/<class>/<image>` paths; None when there are no split
+    folders: none of the asked ones, or (nothing asked) no `train/`."""
+    raw: dict[str, list[Member]] = {}
+    for name, data in members:
+        parts = name.split("/")
+        if len(parts) >= 3 and (splits is None or parts[-3] in splits):
+            raw.setdefault(parts[-3], []).append((name, parts[-2], data))
+    if (splits is not None and not raw) or (splits is None and "train" not in raw):
+        return None
+    return raw | {s: raw.get(s, []) for s in splits or ()}
+
+
+def split_single_folder(source: Path, members: list[tuple[str, bytes]], splits: set[str] | None) -> dict[str, list[Member]]:
+    """Train/test from one folder of class folders: per class, a seeded 20 % is "test"."""
+    roots = {tuple(name.split("/")[:-2]) for name, _ in members}
+    if len(roots) != 1 or not (splits or set()) <= {"train", "test"}:
+        wanted = ", ".join(sorted(splits or ()))
+        raise UserError(
+            f"{source}: no split folder(s) {wanted}; expected <root>/<split>/<class>/<image> "
+            "(e.g. train/cat/0001.jpg), or one folder of class folders to be split 80/20 into train and test"
+        )
+    by_class: dict[str, list[Member]] = {}
+    for name, data in members:
+        by_class.setdefault(name.split("/")[-2], []).append((name, name.split("/")[-2], data))
+    raw: dict[str, list[Member]] = {"train": [], "test": []}
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    for cls in sorted(by_class):
+        items = by_class[cls]
+        if len(items) < 2:
+            raise UserError(f"{source}: class '{cls}' has {len(items)} image; splitting needs at least 2 per class")
+        held = set(rng.permutation(len(items))[: max(1, round(HOLDOUT_SHARE * len(items)))].tolist())
+        for i, item in enumerate(items):
+            raw["test" if i in held else "train"].append(item)
+    return raw
+
+
+def decode_groups(source: Path, raw: dict[str, list[Member]], classes: tuple[str, ...], size: int | None) -> dict[str, ImageSet]:
+    """Decode every split; all undecodable files are named at once, not just the first."""
     index = {c: i for i, c in enumerate(classes)}
-    total = sum(len(v) for v in raw.values())
+    failed: list[str] = []
     out: dict[str, ImageSet] = {}
     with progress_bar() as bar:
-        task = bar.add_task(f"decoding {source.name}", total=total)
+        task = bar.add_task(f"decoding {source.name}", total=sum(len(v) for v in raw.values()))
         for split, items in raw.items():
             images = []
-            for member, (_, data) in zip(names[split], items, strict=True):
+            for member, _, data in items:
                 try:
                     images.append(decode(data, size))
                 except ImageError as err:
-                    raise UserError(f"{source}: {member}: {err}") from None
+                    failed.append(f"{member}: {err}")
                 bar.advance(task)
+            if failed:
+                continue
             shapes = {im.shape for im in images}
             if len(shapes) > 1:
-                raise UserError(f"{source}: images of different sizes {sorted(shapes)[:3]}; set a size")
-            labels = np.array([index[c] for c, _ in items], dtype=np.int64)
+                raise UserError(
+                    f"{source}: images of different sizes {sorted(shapes)[:3]}; give a size "
+                    "(data.image_size in a recipe; a build decodes to the model's input size)"
+                )
+            labels = np.array([index[cls] for _, cls, _ in items], dtype=np.int64)
             out[split] = ImageSet(np.stack(images), labels, classes)
+    if failed:
+        shown = "; ".join(failed[:10]) + (f"; and {len(failed) - 10} more" if len(failed) > 10 else "")
+        raise UserError(f"{source}: {len(failed)} file(s) could not be decoded as images: {shown}; remove or replace them")
     return out
 
 
