@@ -34,7 +34,7 @@ from vitdeploy.core.locking import exclusive
 from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, storage_faults, write_json_atomic
 from vitdeploy.data.classes import check_head_matches, decode_size, mismatch, with_head_for_data
-from vitdeploy.data.datasets import ImageSet, data_identity, load_split, preprocess
+from vitdeploy.data.datasets import ImageSet, PreprocessedImages, data_identity, load_split
 from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
 from vitdeploy.onnx.fusion import optimize_transformer
 from vitdeploy.onnx.graph import stamp_preprocess
@@ -396,23 +396,23 @@ def uses_calibration(recipe: Recipe) -> bool:
     return q.mode == "static" or (q.mode != "none" and bool(q.smooth_alpha or q.bias_correction))
 
 
-def calibration_images(recipe: Recipe, img_size: int) -> np.ndarray:
-    """The calibration images, preprocessed (the build reads them once for every step that needs them)."""
+def calibration_images(recipe: Recipe, img_size: int) -> PreprocessedImages:
+    """The calibration images, read once for every step that needs them and preprocessed batch
+    by batch as each step reads them."""
     cal = recipe.quantize.calibration
     cal_set = load_split(recipe.data, cal.split, decode_size(recipe)).subset(cal.samples, seed=2)
-    return preprocess(cal_set.images, recipe.data.preprocess, img_size)
+    return PreprocessedImages(cal_set.images, recipe.data.preprocess, img_size)
 
 
-def smooth_step(recipe: Recipe, model: nn.Module, images: np.ndarray, device: torch.device) -> dict:
+def smooth_step(recipe: Recipe, model: nn.Module, images: PreprocessedImages, device: torch.device) -> dict:
     """SmoothQuant on the calibration images, before export (the FP32 function is unchanged)."""
     from vitdeploy.torch.smoothing import smooth
 
-    x = torch.from_numpy(images).to(device)
-    ratios = smooth(model, x, recipe.quantize.smooth_alpha, calibration_batch(recipe.quantize, num_tokens(model)))
+    ratios = smooth(model, images, recipe.quantize.smooth_alpha, calibration_batch(recipe.quantize, num_tokens(model)))
     return {"alpha": recipe.quantize.smooth_alpha, "activation_max_over_median_after": [round(r, 2) for r in ratios]}
 
 
-def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: np.ndarray | None, tokens: int) -> dict:
+def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: PreprocessedImages | None, tokens: int) -> dict:
     spec = recipe.quantize
     batch = calibration_batch(spec, tokens)
     reader = ArrayCalibrationReader(INPUT_NAME, images, batch) if spec.mode == "static" else None

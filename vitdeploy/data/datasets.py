@@ -348,6 +348,29 @@ def preprocess(images: np.ndarray, spec: Preprocess, size: int | None = None) ->
     return normalize(images, np.asarray(spec.mean), np.asarray(spec.std))
 
 
+@dataclass(frozen=True)
+class PreprocessedImages:
+    """Decoded images that are preprocessed slice by slice, when a slice is asked for.
+
+    Calibration, SmoothQuant and bias correction read their images in batches; holding them
+    preprocessed at once costs float32 at the model size: 512 images at 224x224 are 308 MB,
+    against 77 MB as the uint8 they are decoded to (and 1.6 MB as CIFAR-10's 32x32 originals).
+    """
+
+    images: np.ndarray  # uint8 NHWC
+    pre: Preprocess
+    size: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return preprocess(self.images[index], self.pre, self.size)
+
+
+ImageBatches = np.ndarray | PreprocessedImages  # what calibration reads: preprocessed NCHW batches when sliced
+
+
 def batches(images: ImageSet, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(images), batch_size):
         yield images.images[start : start + batch_size], images.labels[start : start + batch_size]

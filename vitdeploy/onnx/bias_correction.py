@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from vitdeploy.data.datasets import ImageBatches
+
 
 @dataclass(frozen=True)
 class BiasedLayer:
@@ -47,7 +49,7 @@ def biased_layers(model: onnx.ModelProto) -> list[BiasedLayer]:
     return layers
 
 
-def channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+def channel_means(model: onnx.ModelProto, tensors: list[str], images: ImageBatches, batch_size: int) -> dict[str, np.ndarray]:
     """Per-channel (last axis) mean of each tensor over the images."""
     from vitdeploy.runtime.sessions import open_session
 
@@ -87,7 +89,7 @@ def own_bias(model: onnx.ModelProto, layer: BiasedLayer) -> onnx.TensorProto:
     return model.graph.initializer[-1]
 
 
-def correct_biases(fp32: onnx.ModelProto, int8: onnx.ModelProto, images: np.ndarray, batch_size: int = 64) -> dict:
+def correct_biases(fp32: onnx.ModelProto, int8: onnx.ModelProto, images: ImageBatches, batch_size: int = 64) -> dict:
     """Shift the biases of `int8` in place; returns how many layers and the largest shift."""
     fp32_outputs = {o for n in fp32.graph.node for o in n.output}
     layers = [layer for layer in biased_layers(int8) if layer.biased in fp32_outputs]

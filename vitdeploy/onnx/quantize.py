@@ -31,6 +31,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from vitdeploy.core.cpu import has_vnni
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import StorageError, atomic_path, require_space
+from vitdeploy.data.datasets import ImageBatches
 from vitdeploy.onnx.bias_correction import correct_biases
 from vitdeploy.onnx.graph import activation_matmuls, output_producers, quantized_op_counts, weight_stats
 from vitdeploy.recipe.schema import QuantizeSpec
@@ -47,7 +48,7 @@ FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 class ArrayCalibrationReader(CalibrationDataReader):
     """Feeds preprocessed float32 NCHW batches to ORT's calibrator; rewindable."""
 
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
+    def __init__(self, input_name: str, images: ImageBatches, batch_size: int) -> None:
         self.input_name, self.images, self.batch_size = input_name, images, batch_size
         self._range = (0, len(self))
         self._it = self._batches()
@@ -119,7 +120,7 @@ def quantize_model(
     target: Path,
     spec: QuantizeSpec,
     calibration: ArrayCalibrationReader | None = None,
-    correction_images: np.ndarray | None = None,
+    correction_images: ImageBatches | None = None,
 ) -> dict:
     """Quantize `source` into `target` atomically; return what was done, for the manifest.
 
@@ -146,7 +147,7 @@ def quantize_model(
 
 
 def _quantize(
-    source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None, images: np.ndarray | None
+    source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None, images: ImageBatches | None
 ) -> dict:
     model = onnx.load(str(source))
     excluded = nodes_to_exclude(model, spec)

@@ -11,8 +11,19 @@ activations then lose less to a few large channels.
 
 from __future__ import annotations
 
+from typing import Protocol
+
+import numpy as np
 import torch
 from torch import nn
+
+
+class Batches(Protocol):
+    """Images whose slices are preprocessed NCHW batches (a tensor, or `PreprocessedImages`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice) -> np.ndarray | torch.Tensor: ...
 
 
 def norm_consumers(model: nn.Module) -> list[tuple[nn.LayerNorm, list[nn.Linear]]]:
@@ -27,8 +38,9 @@ def norm_consumers(model: nn.Module) -> list[tuple[nn.LayerNorm, list[nn.Linear]
 
 
 @torch.no_grad()
-def activation_maxima(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Per-channel max |output| of every norm in `norm_consumers`, over the images."""
+def activation_maxima(model: nn.Module, images: Batches, batch_size: int) -> list[torch.Tensor]:
+    """Per-channel max |output| of every norm in `norm_consumers`, over the images (a tensor,
+    or anything whose slices are preprocessed NCHW batches)."""
     pairs = norm_consumers(model)
     maxima = [torch.zeros(norm.normalized_shape[0]) for norm, _ in pairs]
     hooks = []
@@ -40,8 +52,9 @@ def activation_maxima(model: nn.Module, images: torch.Tensor, batch_size: int) -
         hooks.append(norm.register_forward_hook(record))
     try:
         model.eval()
-        for x in images.split(batch_size):
-            model(x)
+        device = next(model.parameters()).device
+        for start in range(0, len(images), batch_size):
+            model(torch.as_tensor(images[start : start + batch_size]).to(device))
     finally:
         for h in hooks:
             h.remove()
@@ -49,7 +62,7 @@ def activation_maxima(model: nn.Module, images: torch.Tensor, batch_size: int) -
 
 
 @torch.no_grad()
-def smooth(model: nn.Module, images: torch.Tensor, alpha: float, batch_size: int = 64) -> list[float]:
+def smooth(model: nn.Module, images: Batches, alpha: float, batch_size: int = 64) -> list[float]:
     """Fold SmoothQuant scales into the model in place; returns each norm's activation range ratio
     (max over channels / median over channels) after smoothing."""
     spreads = []
