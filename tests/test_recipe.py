@@ -13,7 +13,7 @@ from vitdeploy.core.errors import RecipeError
 from vitdeploy.recipe.schema import FinetuneConfig, load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 BASE = {"name": "t", "model": {"name": "vit_tiny_patch16_224"}}
 
