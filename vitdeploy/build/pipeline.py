@@ -279,7 +279,18 @@ def build_locked(
             quantize_report = quantize_step(recipe, fp32, int8, cal_images, num_tokens(model)) | {"smoothquant": smoothing}
     with timer.step("evaluate"):
         top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
-        runtimes = check_runtimes(recipe, reference, img_size, parity_set, eval_set, fp32, int8, top1, parity)
+        runtimes = check_runtimes(
+            recipe,
+            reference,
+            img_size,
+            evaluation_batch(recipe, num_tokens(model)),
+            parity_set,
+            eval_set,
+            fp32,
+            int8,
+            top1,
+            parity,
+        )
     check_accuracy_gate(recipe, top1)
 
     preprocessing = preprocessing_record(recipe, img_size, eval_set.classes)
@@ -434,6 +445,7 @@ def check_runtimes(
     recipe: Recipe,
     reference: np.ndarray,
     size: int,
+    eval_batch: int,
     parity_set: ImageSet,
     eval_set: ImageSet,
     fp32: Path,
@@ -462,7 +474,7 @@ def check_runtimes(
                 predict = open_predictor(final, runtime)  # compiled once for both checks
             except ProviderUnavailable as err:  # a CPU without bfloat16, say: nothing to check it on
                 raise BuildError(f"runtime {runtime}: {err}; no artifact written") from None
-            final_top1 = predict_accuracy(predict, eval_set, pre, size, recipe.evaluate.batch_size, f"{runtime} {final.name}")
+            final_top1 = predict_accuracy(predict, eval_set, pre, size, eval_batch, f"{runtime} {final.name}")
             parity = check_parity(reference, final, parity_set, pre, size, predict=predict)
         report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": runtime_version(runtime)}
     return report
@@ -548,11 +560,18 @@ def recipe_record(recipe: Recipe, recipe_path: Path) -> dict:
     }
 
 
+def evaluation_batch(recipe: Recipe, tokens: int) -> int:
+    """The recipe's evaluation batch, or 64 images of up to 128 tokens, else 8 (see `EvaluateSpec`)."""
+    if recipe.evaluate.batch_size is not None:
+        return recipe.evaluate.batch_size
+    return 64 if tokens <= 128 else 8
+
+
 def evaluate_all(
     recipe: Recipe, model: nn.Module, device: torch.device, eval_set: ImageSet, fp32: Path, int8: Path | None
 ) -> dict[str, float]:
     """Top-1 of the PyTorch model and each ONNX file on the same images."""
-    bs = recipe.evaluate.batch_size
+    bs = evaluation_batch(recipe, num_tokens(model))
     pre = recipe.data.preprocess
     top1: dict[str, float] = {}
     if recipe.evaluate.torch:
