@@ -22,7 +22,7 @@ def test_manifest_and_bundle_spellings_read_to_the_same_contract() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"version": 2}, "input contract version 2 is newer"),
+        ({"version": 3}, "input contract version 3 is newer"),
         ({"img_size": None}, "size are required"),
         ({"mean": [0.5, 0.5]}, "3 values each"),
         ({"std": [0.2, 0.0, 0.2]}, "std > 0"),

@@ -170,6 +170,21 @@ def test_different_recipes_build_in_parallel(cifar10: Path, tmp_path: Path) -> N
     assert all(manifest_matches_files(tmp_path / "out", name) for name in ("left", "right"))
 
 
+def test_two_imports_of_one_folder_into_one_cache_at_once_both_succeed(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls, colour in (("red", "red"), ("blue", "blue")):
+            (tmp_path / "src" / split / cls).mkdir(parents=True)
+            for i in range(20):
+                Image.new("RGB", (30 + i, 40), colour).save(tmp_path / "src" / split / cls / f"{i}.png")
+    args = ("data", "get", "mine", "--from", str(tmp_path / "src"), "--size", "24", "--cache-dir", str(tmp_path / "c"))
+    results = [finished(p) for p in [vitdeploy(*args), vitdeploy(*args)]]
+    assert [code for code, _ in results] == [0, 0], [err[-800:] for _, err in results]
+    meta = json.loads((tmp_path / "c" / "datasets" / "mine" / "meta.json").read_text())
+    assert meta["splits"] == {"train": 40, "test": 40} and temporaries(tmp_path / "c") == []
+
+
 # ---------------------------------------------------------------- full and read-only disks
 
 
@@ -217,6 +232,23 @@ def test_read_only_output_folder(reference: Path, tmp_path: Path) -> None:
     for mode in ("build", "package"):
         (trial,) = run_trials(recipe_file(tmp_path, out=tmp_path / "mnt"), reference, mode)
         assert trial["ended"] == "storage" and "read-only" in trial["message"] and trial["published_unchanged"]
+
+
+@needs_mounts
+def test_an_output_folder_without_write_permission(reference: Path, tmp_path: Path) -> None:
+    """A folder owned by another user: inside `unshare -r` the root of the namespace has no
+    rights over files of users it does not map, as an ordinary user has none there."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    shutil.copyfile(reference / "faulty.onnx", theirs / "faulty.onnx")
+    os.chown(theirs, 65534, 65534)
+    before = published(theirs)
+    path = recipe_file(tmp_path, out=theirs)
+    done = subprocess.run(["unshare", "-r", sys.executable, "-m", "vitdeploy.cli", "build", str(path)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"no permission to write in {theirs}" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert published(theirs) == before
 
 
 @needs_mounts

@@ -35,8 +35,10 @@ def test_a_timm_state_dict_brings_timm_mean_and_std_unless_the_recipe_sets_them(
 
     manifest = build(tmp_path, "timm_stats", model, {"dataset": "cifar10"})
     assert manifest["preprocess"]["mean"] == [0.485, 0.456, 0.406] and manifest["preprocess"]["std"] == [0.229, 0.224, 0.225]
+    crop_pct = timm.get_pretrained_cfg("deit_tiny_patch16_224").crop_pct
+    assert crop_pct < 1 and manifest["preprocess"]["crop_pct"] == crop_pct  # and timm's evaluation crop
     pre, size = read_preprocess(onnx.load(str(tmp_path / "out" / "timm_stats.onnx")))
-    assert pre.mean == (0.485, 0.456, 0.406) and size == 32  # the artifact carries them too
+    assert pre.mean == (0.485, 0.456, 0.406) and size == 32 and pre.crop_pct == crop_pct  # the artifact carries them too
 
     mine = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     manifest = build(tmp_path, "my_stats", model, {"dataset": "cifar10", "preprocess": mine})

@@ -497,7 +497,9 @@ def runtime_version(runtime: str) -> str | None:
 
 def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]) -> dict:
     pre = recipe.data.preprocess
-    contract = InputContract(img_size, pre.mean, pre.std, pre.interpolation, classes, input_name=INPUT_NAME)
+    contract = InputContract(
+        img_size, pre.mean, pre.std, pre.interpolation, classes, input_name=INPUT_NAME, crop_pct=pre.crop_pct
+    )
     return contract.manifest_record()
 
 

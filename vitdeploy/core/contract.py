@@ -16,8 +16,12 @@ from typing import Any
 
 from vitdeploy.core.errors import UserError
 
-CONTRACT_VERSION = 1  # records without a version are version 1
+# Records without a version are version 1. Version 2 adds crop_pct; a record is written with
+# the lowest version that describes it, so models that keep the whole image stay readable by
+# predictors that know version 1 only.
+CONTRACT_VERSION = 2
 RESIZE_RULE = "shorter side to size, then center crop; no change when the image is already size x size"
+CROP_RULE = "shorter side to floor(size / crop_pct), then the central size x size"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class InputContract:
     scale: str = "1/255"
     dtype: str = "float32"
     color: str = "RGB"
+    crop_pct: float = 1.0  # share of the resized image kept (timm's evaluation crop); 1: all of it
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], where: str) -> InputContract:
@@ -49,7 +54,13 @@ class InputContract:
             raise UserError(f"{where}: mean and std need 3 values each (std > 0) and size must be >= 1")
         optional = {k: record[k] for k in ("interpolation", "input_name", "layout", "scale", "dtype", "color") if k in record}
         classes = tuple(str(c) for c in record.get("classes") or ())
-        return cls(size=size, mean=mean, std=std, classes=classes, **optional)  # type: ignore[arg-type]
+        try:
+            crop_pct = float(record.get("crop_pct", 1.0))
+        except (TypeError, ValueError):
+            crop_pct = 0.0
+        if not 0 < crop_pct <= 1:
+            raise UserError(f"{where}: crop_pct must be in (0, 1], not {record.get('crop_pct')!r}")
+        return cls(size=size, mean=mean, std=std, classes=classes, crop_pct=crop_pct, **optional)  # type: ignore[arg-type]
 
     def with_input(self, name: str, dtype: str) -> InputContract:
         """The contract with the input name and type the exported graph declares."""
@@ -66,18 +77,20 @@ class InputContract:
             "mean": list(self.mean),
             "std": list(self.std),
             "interpolation": self.interpolation,
+            **({"crop_pct": self.crop_pct} if self.crop_pct < 1 else {}),
             "classes": list(self.classes),
         }
 
     def bundle_record(self) -> dict[str, Any]:
         """preprocess.json: everything a device needs to feed the model, the resize rule spelled out."""
         return {
-            "version": CONTRACT_VERSION,
+            "version": 2 if self.crop_pct < 1 else 1,
             "input_name": self.input_name,
             "dtype": self.dtype,
             "layout": self.layout,
             "size": self.size,
-            "resize": RESIZE_RULE,
+            **({"crop_pct": self.crop_pct} if self.crop_pct < 1 else {}),
+            "resize": CROP_RULE if self.crop_pct < 1 else RESIZE_RULE,
             "interpolation": self.interpolation,
             "color": self.color,
             "scale": self.scale,

@@ -24,7 +24,7 @@ from vitdeploy.core.architecture import read_architecture
 from vitdeploy.core.errors import UserError
 from vitdeploy.data.datasets import DataStore, dataset_name
 from vitdeploy.recipe.schema import DataSpec, ModelSpec, Recipe
-from vitdeploy.runtime.imaging import IMAGE_SUFFIXES
+from vitdeploy.runtime.imaging import IMAGE_SUFFIXES, scale_size
 
 
 def _image_names(source: Path) -> Iterator[str]:
@@ -86,10 +86,13 @@ def model_input_size(spec: ModelSpec) -> int | None:
 
 
 def decode_size(recipe: Recipe) -> int | None:
-    """The size a recipe's own images are decoded to (None: a cached dataset, stored as it came)."""
+    """The size a recipe's own images are decoded to (None: a cached dataset, stored as it came):
+    `data.image_size`, else the model's input size, enlarged to keep room for the evaluation
+    crop (`crop_pct`) and for training's random crops."""
     if recipe.data.source is None:
         return None
-    return recipe.data.image_size or model_input_size(recipe.model)
+    size = model_input_size(recipe.model)
+    return recipe.data.image_size or (scale_size(size, recipe.data.preprocess.crop_pct) if size else None)
 
 
 def mismatch(outputs: int, classes: tuple[str, ...], dataset: str) -> str:

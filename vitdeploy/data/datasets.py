@@ -28,7 +28,7 @@ from vitdeploy.core.errors import UserError
 from vitdeploy.core.progress import progress_bar
 from vitdeploy.core.storage import atomic_path, check_writable
 from vitdeploy.recipe.schema import DataSpec, Preprocess
-from vitdeploy.runtime.imaging import IMAGE_SUFFIXES, RESAMPLE, ImageError, decode, normalize
+from vitdeploy.runtime.imaging import IMAGE_SUFFIXES, RESAMPLE, ImageError, decode, normalize, scale_size
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -337,15 +337,28 @@ def load_split(spec: DataSpec, split: str, size: int | None = None) -> ImageSet:
 
 
 def preprocess(images: np.ndarray, spec: Preprocess, size: int | None = None) -> np.ndarray:
-    """uint8 NHWC -> normalized float32 NCHW, resized to `size` if it differs.
+    """uint8 NHWC -> normalized float32 NCHW at `size`: resized to `scale_size(size, crop_pct)`
+    unless already that size, then centre-cropped to `size` (as `predict` reads a file).
 
     The one preprocessing used to evaluate both PyTorch and ONNX models, so they see the
     same tensors; its parameters are written to the manifest.
     """
-    if size is not None and images.shape[1:3] != (size, size):
-        resample = RESAMPLE[spec.interpolation]
-        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), resample)) for im in images])
+    if size is not None:
+        images = fit(images, size, spec)
     return normalize(images, np.asarray(spec.mean), np.asarray(spec.std))
+
+
+def fit(images: np.ndarray, size: int, spec: Preprocess) -> np.ndarray:
+    """Square uint8 NHWC images at `size`: resized to the crop's scale size if they differ from
+    it, then the central size x size (a no-op for images at the model size with crop_pct 1)."""
+    side = scale_size(size, spec.crop_pct)
+    if images.shape[1:3] != (side, side):
+        resample = RESAMPLE[spec.interpolation]
+        images = np.stack([np.asarray(Image.fromarray(im).resize((side, side), resample)) for im in images])
+    if side == size:
+        return images
+    top = (side - size) // 2
+    return np.ascontiguousarray(images[:, top : top + size, top : top + size])
 
 
 @dataclass(frozen=True)
@@ -388,6 +401,6 @@ def data_identity(spec: DataSpec) -> dict:
         "fingerprint": fingerprint,
         "train_split": spec.train_split,
         "eval_split": spec.eval_split,
-        "preprocess": spec.preprocess.model_dump(mode="json"),
+        "preprocess": json.loads(spec.preprocess.cache_json()),
         **({"image_size": spec.image_size} if spec.image_size else {}),
     }

@@ -85,7 +85,8 @@ def read_preprocess(model: onnx.ModelProto):
     from vitdeploy.core.contract import InputContract
 
     contract = InputContract.from_record(json.loads(meta[PREPROCESS_KEY]), f"the model's {PREPROCESS_KEY} metadata")
-    return Preprocess(mean=contract.mean, std=contract.std, interpolation=contract.interpolation), contract.size
+    pre = Preprocess(mean=contract.mean, std=contract.std, interpolation=contract.interpolation, crop_pct=contract.crop_pct)
+    return pre, contract.size
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:

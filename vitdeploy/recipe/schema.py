@@ -95,6 +95,8 @@ class ModelSpec(Section):
 class Preprocess(Section):
     """Stored in the manifest: a mismatch here is the classic 'ONNX lost 7 points'."""
 
+    added_options: ClassVar[frozenset[str]] = frozenset({"crop_pct"})
+
     mean: tuple[float, float, float] = CIFAR10_MEAN
     """per-channel mean subtracted after scaling to [0, 1]. With no `data.preprocess` at all, weights from
     timm (`pretrained`, or a plain timm/Hugging Face state dict) bring their pretrained_cfg mean, std and
@@ -103,6 +105,10 @@ class Preprocess(Section):
     """per-channel standard deviation"""
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
     """resampling when images are not the model size"""
+    crop_pct: float = Field(1.0, gt=0.5, le=1)
+    """share of the image kept at evaluation and in `predict`: the shorter side is resized to
+    size / crop_pct and the central size x size kept (timm's evaluation transform; weights from timm
+    bring their pretrained_cfg's, e.g. 0.9). 1: the whole image, resized to the model size"""
 
     @field_validator("std")
     @classmethod
@@ -151,8 +157,10 @@ class TrainingConfig(Section):
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup, in epochs (fractions allowed)")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; none: no clipping")
-    augment: Literal["none", "flip_crop", "randaugment"] = "flip_crop"
-    """batched on the training device; none lets distill cache the teacher's logits"""
+    augment: Literal["none", "flip_crop", "randaugment", "random_resized_crop"] = "flip_crop"
+    """batched on the training device; none lets distill cache the teacher's logits;
+    random_resized_crop: 8-100 % of the image at aspect 3/4-4/3, resized, and flipped (timm's
+    training crop, for images larger than the model)"""
     randaugment_ops: int = Field(2, ge=0)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     train_samples: int | None = Field(None, gt=0, description="subset size; default all")
@@ -396,7 +404,7 @@ class EvaluateSpec(Section):
     )
     """ONNX Runtime's arena keeps the largest batch's activations for the session's life: a
     ViT-S/16 FP32 build scoring 256 images at 224x224 peaks at 1.45 GB with 64 per batch and
-    1.24 GB with 8, and is faster with 8 on two cores (35 s against 40 s)."""
+    1.24 GB with 8, and is faster with 8 (35 s against 40 s; 2-core Intel Xeon with AMX)."""
 
 
 class OutputSpec(Section):

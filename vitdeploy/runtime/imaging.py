@@ -10,6 +10,7 @@ expanded, CMYK is converted, 16-bit values are scaled to 8 bits, alpha is droppe
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -59,11 +60,19 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def resize_center_crop(im: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
-    """Shorter side to `size`, then the central size x size square."""
-    scale = size / min(im.size)
-    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-    im = im.resize((w, h), RESAMPLE[interpolation])
+def scale_size(size: int, crop_pct: float = 1.0) -> int:
+    """The side the shorter side is resized to before the central size x size crop (timm's
+    evaluation transform: 248 for 224 at crop_pct 0.9)."""
+    return size if crop_pct >= 1 else math.floor(size / crop_pct)
+
+
+def resize_center_crop(im: Image.Image, size: int, interpolation: str = "bicubic", crop_pct: float = 1.0) -> Image.Image:
+    """Shorter side to `scale_size(size, crop_pct)`, then the central size x size square."""
+    side = scale_size(size, crop_pct)
+    scale = side / min(im.size)
+    w, h = max(side, round(im.width * scale)), max(side, round(im.height * scale))
+    if (w, h) != im.size:
+        im = im.resize((w, h), RESAMPLE[interpolation])
     left, top = (w - size) // 2, (h - size) // 2
     return im.crop((left, top, left + size, top + size))
 
@@ -126,14 +135,15 @@ def read_file(path: Path) -> bytes:
         os.close(fd)
 
 
-def decode(data: bytes | Path, size: int | None = None, interpolation: str = "bicubic") -> np.ndarray:
-    """uint8 RGB array (H, W, 3); resized and center-cropped to `size` when it is not already."""
+def decode(data: bytes | Path, size: int | None = None, interpolation: str = "bicubic", crop_pct: float = 1.0) -> np.ndarray:
+    """uint8 RGB array (H, W, 3); resized and center-cropped to `size` (see `resize_center_crop`)
+    unless it is size x size already and the whole image is kept (crop_pct 1)."""
     if isinstance(data, Path):
         data = read_file(data)
     fast = decode_jpeg(data)
     if fast is not None:
-        if size is not None and fast.shape[:2] != (size, size):
-            return np.asarray(resize_center_crop(Image.fromarray(fast), size, interpolation), dtype=np.uint8)
+        if size is not None and (fast.shape[:2] != (size, size) or crop_pct < 1):
+            return np.asarray(resize_center_crop(Image.fromarray(fast), size, interpolation, crop_pct), dtype=np.uint8)
         return fast
     source = io.BytesIO(data)
     try:
@@ -147,8 +157,8 @@ def decode(data: bytes | Path, size: int | None = None, interpolation: str = "bi
                     raise ImageError("the image is empty")
                 im.load()  # decode now: a truncated file fails here, not later
                 rgb = to_rgb(im)
-                if size is not None and rgb.size != (size, size):
-                    rgb = resize_center_crop(rgb, size, interpolation)
+                if size is not None and (rgb.size != (size, size) or crop_pct < 1):
+                    rgb = resize_center_crop(rgb, size, interpolation, crop_pct)
                 return np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise

@@ -74,7 +74,7 @@ def read_batches(paths: Iterator[Path], contract: InputContract, batch: int) -> 
                 done = True
                 break
             try:
-                images[len(names)] = decode(path, size, interpolation)
+                images[len(names)] = decode(path, size, interpolation, contract.crop_pct)
                 names.append(path)
             except ImageError as err:
                 failures.append(Failure(path, str(err)))

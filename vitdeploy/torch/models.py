@@ -88,7 +88,8 @@ def with_weights_preprocess(recipe: Recipe) -> Recipe:
     if cfg is None or "preprocess" in recipe.data.model_fields_set:
         return recipe
     interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bicubic"
-    pre = Preprocess(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=interpolation)
+    crop_pct = cfg.crop_pct if cfg.crop_mode == "center" and 0.5 < (cfg.crop_pct or 1.0) <= 1 else 1.0
+    pre = Preprocess(mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=interpolation, crop_pct=crop_pct)
     return recipe.model_copy(update={"data": recipe.data.model_copy(update={"preprocess": pre})})
 
 

@@ -62,6 +62,35 @@ def random_crop_flip(
     return torch.where(flip, cropped.flip(-1), cropped)
 
 
+def random_resized_crop_flip(
+    x: torch.Tensor, size: int, gen: torch.Generator, rows: slice | None = None, total: int | None = None
+) -> torch.Tensor:
+    """Per-sample random-resized crop (8-100 % of the area, aspect 3/4-4/3, resized to `size`)
+    and random horizontal flip: timm's and torchvision's training crop, drawn from `gen` over the
+    global batch like `random_crop_flip`."""
+    b, _, h, w = x.shape
+    rows, total = rows or slice(0, b), total or b
+    area = (0.08 + 0.92 * torch.rand(total, generator=gen))[rows] * h * w
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(total, generator=gen)[rows]
+    ratio = torch.exp(log_ratio)
+    cw = (area * ratio).sqrt().round().clamp(1, w).long()
+    ch = (area / ratio).sqrt().round().clamp(1, h).long()
+    fy, fx = torch.rand(total, generator=gen)[rows], torch.rand(total, generator=gen)[rows]
+    flip = (torch.rand(total, generator=gen) < 0.5)[rows]
+    out = []
+    for i in range(b):
+        top, left = int(fy[i] * (h - ch[i] + 1)), int(fx[i] * (w - cw[i] + 1))
+        crop = x[i : i + 1, :, top : top + ch[i], left : left + cw[i]].float()
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(crop.flip(-1) if flip[i] else crop)
+    return torch.cat(out).round().clamp(0, 255).to(x.dtype)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
 class Normalize:
     """uint8 NCHW batch -> float batch scaled to [0, 1] and normalized with the recipe's mean/std."""
 
@@ -74,21 +103,28 @@ class Normalize:
 
 
 class BatchAugment:
-    """uint8 NCHW batch on device -> augmented, normalized float batch."""
+    """uint8 NCHW batch on device -> augmented, normalized float batch at the model's size.
 
-    def __init__(self, cfg: TrainingConfig, pre: Preprocess, device: torch.device) -> None:
-        self.kind = cfg.augment
+    Images decoded larger than the model (room for the evaluation crop, `crop_pct`) are cut
+    to it: by the random-resized crop, by a random crop (`flip_crop`), or centrally (`none`).
+    """
+
+    def __init__(self, cfg: TrainingConfig, pre: Preprocess, device: torch.device, size: int | None = None) -> None:
+        self.kind, self.size = cfg.augment, size
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.randaugment = v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude)
         self.normalize = Normalize(pre, device)
 
     def __call__(self, x: torch.Tensor, rows: slice | None = None, total: int | None = None) -> torch.Tensor:
+        size = self.size or x.shape[-1]
+        if self.kind == "random_resized_crop":
+            return self.normalize(random_resized_crop_flip(x, size, self.gen, rows, total))
         if self.kind == "randaugment":
             # RandAugment draws one op set per call; chunks of 16 give a batch varied ops.
             x = torch.cat([self.randaugment(chunk) for chunk in x.split(16)])
         if self.kind in ("flip_crop", "randaugment"):
             x = random_crop_flip(x, padding=x.shape[-1] // 8, gen=self.gen, rows=rows, total=total)
-        return self.normalize(x)
+        return self.normalize(center_crop(x, size) if x.shape[-1] != size else x)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
@@ -306,7 +342,8 @@ def start_run(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn:
     runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     return Run(
         model, runner, loss_fn, optimizer, scheduler, torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
-        BatchAugment(cfg, ctx.recipe.data.preprocess, device), Checkpointer(ctx, cfg, rank), images, labels, device,
+        BatchAugment(cfg, ctx.recipe.data.preprocess, device, model.patch_embed.img_size[0]), Checkpointer(ctx, cfg, rank),
+        images, labels, device,
         rank, world, cfg, amp_dtype,
     )  # fmt: skip
 
