@@ -195,23 +195,29 @@ def run_trials(recipe: Path, reference: Path, mode: str, sizes_kb: list[int] | N
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def assert_clean_ending(trials: list[dict]) -> None:
+def assert_clean_ending(trials: list[dict], folder: Path) -> None:
+    """Every trial succeeded, or failed in one line naming `folder` (or a folder in it) with the
+    published files unchanged; none left a temporary file."""
     for t in trials:
         assert t["ended"] in ("ok", "storage"), t
         assert t["leftovers"] == [], t
         if t["ended"] == "storage":
             assert t["published_unchanged"], t
-            assert "\n" not in t["message"] and str(Path(t["message"].split(" in ", 1)[1].split()[0])), t
+            assert "\n" not in t["message"] and str(folder) in t["message"], t
+
+
+def growing_sizes(reference: Path, step: int) -> list[int]:
+    """tmpfs sizes in KiB: room for what was published before, plus `step` bytes more each time."""
+    before = sum(p.stat().st_size for p in reference.iterdir() if p.is_file())
+    return [(before + k * step) // 1024 for k in range(1, 40)]
 
 
 @needs_mounts
 @pytest.mark.slow
 def test_disk_full_at_each_write_of_a_build(reference: Path, tmp_path: Path) -> None:
-    before = sum(p.stat().st_size for p in reference.iterdir() if p.is_file())
-    fp32 = (reference / "faulty.fp32.onnx").stat().st_size
-    sizes = [(before + k * fp32 // 2) // 1024 for k in range(1, 40)]
+    sizes = growing_sizes(reference, (reference / "faulty.fp32.onnx").stat().st_size // 2)
     trials = run_trials(recipe_file(tmp_path, out=tmp_path / "mnt"), reference, "build", sizes)
-    assert_clean_ending(trials)
+    assert_clean_ending(trials, tmp_path / "mnt")
     failed_at = {t["message"].split("(writing ")[-1].split(",")[0].split(")")[0] for t in trials if t["ended"] == "storage"}
     assert len(failed_at) >= 4, failed_at  # stage weights, export, fused file, the quantizer's scratch
     assert trials[-1]["ended"] == "ok"  # and with room enough, the same build succeeds
@@ -219,11 +225,9 @@ def test_disk_full_at_each_write_of_a_build(reference: Path, tmp_path: Path) -> 
 
 @needs_mounts
 def test_disk_full_while_packaging(reference: Path, tmp_path: Path) -> None:
-    before = sum(p.stat().st_size for p in reference.iterdir() if p.is_file())
-    int8 = (reference / "faulty.onnx").stat().st_size
-    sizes = [(before + k * int8 // 4) // 1024 for k in range(1, 40)]
+    sizes = growing_sizes(reference, (reference / "faulty.onnx").stat().st_size // 4)
     trials = run_trials(recipe_file(tmp_path, out=tmp_path / "mnt"), reference, "package", sizes)
-    assert_clean_ending(trials)
+    assert_clean_ending(trials, tmp_path / "mnt")
     assert {t["ended"] for t in trials} == {"ok", "storage"}
 
 
