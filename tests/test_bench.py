@@ -103,6 +103,7 @@ def test_thread_sweep_and_baselines() -> None:
     assert baseline_for("a.onnx", names, None) == "a.onnx"
     assert baseline_for("m.fp32.onnx", ["a.onnx", "m.fp32.onnx"], None) == "m.fp32.onnx"
     assert baseline_for("m.onnx", names, "a") == "a.onnx"
+    assert baseline_for("m.onnx", names, "some/folder/a.onnx") == "a.onnx"  # as a path, the way models are named
 
 
 def test_ratios_compare_within_the_same_cell(tmp_path: Path) -> None:
@@ -400,3 +401,20 @@ def test_at_a_terminals_width_the_table_drops_the_least_telling_columns_and_says
     assert all(c in header for c in ("img/s", "top-1", "speedup")) and "runs" not in header
     assert "Left out to fit the terminal: runs" in " ".join(text.split())
     assert "cpu · batch 16 · 2 threads" in text and "2.00x" in text
+
+
+def test_baseline_given_as_a_path_is_the_one_every_speedup_uses(tmp_path: Path) -> None:
+    """`--baseline` names a model the way the models were given (a path), and a name that is none
+    of them is refused before anything is measured."""
+    from typer.testing import CliRunner
+
+    from vitdeploy.cli import app
+
+    small, big = linear_model(tmp_path / "small.onnx", width=16), linear_model(tmp_path / "big.onnx", width=256)
+    args = ["bench", str(small), str(big), "--iters", "20", "--warmup", "2", "--json", str(tmp_path / "r.json")]
+    done = CliRunner().invoke(app, [*args, "--baseline", str(big)])
+    assert done.exit_code == 0, done.output
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert {r["x_baseline"] for r in rows} == {"big.onnx"}
+    refused = CliRunner().invoke(app, [*args, "--baseline", str(tmp_path / "other.onnx")])
+    assert refused.exit_code == 2 and "not one of the models benchmarked (small.onnx, big.onnx)" in refused.output

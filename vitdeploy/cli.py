@@ -278,10 +278,12 @@ def bench(
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"no such model file: {', '.join(missing)}")
+    base_path = next((p for p in paths if baseline in (p.name, p.stem, str(p))), None) if baseline else None
+    if baseline and base_path is None:
+        raise UserError(f"--baseline {baseline}: not one of the models benchmarked ({', '.join(p.name for p in paths)})")
     from vitdeploy.core.progress import progress_bar
 
     cells = B.onnx_cells(paths, cfg)
-    base_path = next((p for p in paths if baseline in (p.name, p.stem, str(p))), None) if baseline else None
     brackets = B.baseline_cells(paths, base_path, cfg) if base_path else None
     if torch_recipe is not None:
         cells += _torch_cells(torch_recipe, cfg, torch_compile, torch_amp)
@@ -290,7 +292,7 @@ def bench(
         results = B.run_grid(cells, cfg, bar, brackets)
         if data is not None:
             B.add_accuracy(results, paths, data, bar)
-    B.add_ratios(results, baseline)
+    B.add_ratios(results, base_path.name if base_path else None)  # results name models by file name
     out.print(results_table(results, width=out.width if out.is_terminal else None))
     if profile:
         for r in results:

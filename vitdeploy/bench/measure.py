@@ -350,7 +350,7 @@ def make_runner(session: ort.InferenceSession, name: str, x: np.ndarray, provide
 def baseline_for(name: str, names: list[str], explicit: str | None) -> str:
     """`--baseline` if given; else the FP32 model of the same name (x.fp32.onnx); else the first."""
     if explicit:
-        match = [n for n in names if n == explicit or Path(n).stem == explicit]
+        match = [n for n in names if explicit in (n, Path(n).stem) or Path(explicit).name == n]
         if match:
             return match[0]
     if name.endswith(".fp32.onnx"):
