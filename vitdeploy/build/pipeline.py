@@ -99,18 +99,22 @@ def stage_key(recipe: Recipe, upto: int) -> str:
     return stage_keys(recipe)[upto + 1]
 
 
-def run_stages(recipe: Recipe, device: torch.device, checkpoint_every_s: float = 300.0) -> tuple[nn.Module, list[dict]]:
+def run_stages(
+    recipe: Recipe, device: torch.device, checkpoint_every_s: float = 300.0, keys: list[str] | None = None
+) -> tuple[nn.Module, list[dict]]:
     """Apply the recipe's stages in order, reusing a stage's saved output when it is current.
 
     Each stage's output is saved with its architecture, so a cached pruned, distilled or
     Nyström model rebuilds exactly. The report is written after the weights: a stage folder
-    with both is complete. Returns the model and one report per stage position.
+    with both is complete. Returns the model and one report per stage position. `keys`: the
+    recipe's `stage_keys`, when the caller has them (they hash every file the recipe names).
     """
+    keys = keys or stage_keys(recipe)
     model = create_model(with_head_for_data(recipe).model)  # the recipe itself (and its hash) unchanged
     transfer = getattr(model, "vitdeploy_transfer", None)  # what a transfer reset, for the manifest
     splits: dict = {}
     reports = []
-    for i, (cfg, key) in enumerate(zip(recipe.stages, stage_keys(recipe)[1:], strict=True)):
+    for i, (cfg, key) in enumerate(zip(recipe.stages, keys[1:], strict=True)):
         folder = work_dir(recipe) / f"{i}-{cfg.stage}-{key}"
         weights, report_file = folder / "model.safetensors", folder / "report.json"
         cached = weights.is_file() and report_file.is_file()
@@ -252,8 +256,9 @@ def build_locked(
 
     check_head_matches(recipe)  # before any training: both counts are known without work
     with timer.step("stages"):
-        model, stage_reports = run_stages(recipe, device, checkpoint_every_s)
-    img_size = model.patch_embed.img_size[0]
+        keys = stage_keys(recipe)  # once: it hashes the checkpoint, the teachers and the data
+        model, stage_reports = run_stages(recipe, device, checkpoint_every_s, keys)
+    img_size, eval_batch = model.patch_embed.img_size[0], evaluation_batch(recipe, num_tokens(model))
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split, decode_size(recipe)).subset(recipe.evaluate.samples)
         parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
@@ -265,7 +270,7 @@ def build_locked(
             cal_images = calibration_images(recipe, img_size)
             smoothing = smooth_step(recipe, model, cal_images, device)
     fp32 = work / "fp32.onnx"
-    exported = export_and_optimize(recipe, model, parity_set, fp32, timer, reuse=not fresh)
+    exported = export_and_optimize(recipe, model, keys[-1], parity_set, fp32, timer, reuse=not fresh)
     reference = exported.reference
     with timer.step("parity", "checking the FP32 file against PyTorch on real images"):
         parity = check_parity(reference, fp32, parity_set, pre, img_size)
@@ -278,12 +283,12 @@ def build_locked(
                 cal_images = calibration_images(recipe, img_size)
             quantize_report = quantize_step(recipe, fp32, int8, cal_images, num_tokens(model)) | {"smoothquant": smoothing}
     with timer.step("evaluate"):
-        top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8)
+        top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8, eval_batch)
         runtimes = check_runtimes(
             recipe,
             reference,
             img_size,
-            evaluation_batch(recipe, num_tokens(model)),
+            eval_batch,
             parity_set,
             eval_set,
             fp32,
@@ -360,14 +365,14 @@ class Fp32Export:
 
 
 def export_and_optimize(
-    recipe: Recipe, model: nn.Module, parity_set: ImageSet, fp32: Path, timer: Timer, *, reuse: bool = True
+    recipe: Recipe, model: nn.Module, model_key: str, parity_set: ImageSet, fp32: Path, timer: Timer, *, reuse: bool = True
 ) -> Fp32Export:
     """Write the FP32 file to `fp32`: reused from another recipe of the same model when one
     built it already (and `reuse`), else exported, checked and optimized here and kept for the
-    next one."""
+    next one. `model_key`: the model's identity after its stages (`stage_keys`)."""
     pre, img_size = recipe.data.preprocess, model.patch_embed.img_size[0]
     reference = reference_logits(model, parity_set, pre, img_size)
-    key = fp32_key(recipe, stage_keys(recipe)[-1], fuse_attention(recipe), portable(recipe))
+    key = fp32_key(recipe, model_key, fuse_attention(recipe), portable(recipe))
     with timer.step("export", "exporting to ONNX and checking parity on real images"):
         stored = reuse_fp32(recipe, key, fp32) if reuse else None
         if stored is not None:
@@ -570,10 +575,9 @@ def evaluation_batch(recipe: Recipe, tokens: int) -> int:
 
 
 def evaluate_all(
-    recipe: Recipe, model: nn.Module, device: torch.device, eval_set: ImageSet, fp32: Path, int8: Path | None
+    recipe: Recipe, model: nn.Module, device: torch.device, eval_set: ImageSet, fp32: Path, int8: Path | None, bs: int
 ) -> dict[str, float]:
-    """Top-1 of the PyTorch model and each ONNX file on the same images."""
-    bs = evaluation_batch(recipe, num_tokens(model))
+    """Top-1 of the PyTorch model and each ONNX file on the same images, `bs` per batch."""
     pre = recipe.data.preprocess
     top1: dict[str, float] = {}
     if recipe.evaluate.torch:
