@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -71,3 +72,22 @@ def test_a_new_class_count_on_a_checkpoint_asks_for_reset_head_and_reset_head_pa
         transfer = {"name": "vit_tiny_patch16_224", "checkpoint": str(TEACHER), "reset_head": True, "overrides": overrides}
         done = runner.invoke(app, ["check", str(recipe(tmp_path, transfer, source))])
         assert done.exit_code == 0, done.output
+
+
+def test_a_single_folder_of_class_folders_is_checked_against_the_head(tmp_path: Path) -> None:
+    """`check` refuses a head that does not match a folder without split folders, before decoding."""
+    from PIL import Image
+
+    from vitdeploy.core.errors import UserError
+    from vitdeploy.data.classes import check_head_matches, dataset_classes
+    from vitdeploy.recipe.schema import parse_recipe
+
+    for cls in ("apple", "leaf", "sky"):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        Image.new("RGB", (20, 30)).save(tmp_path / "photos" / cls / "a.png")
+    model = {"name": "vit_tiny_patch16_224", "overrides": {"num_classes": 10}}
+    data = {"dataset": "photos", "source": str(tmp_path / "photos")}
+    recipe = parse_recipe({"name": "m", "model": model, "data": data, "output": {"dir": str(tmp_path / "out")}})
+    assert dataset_classes(recipe.data) == ("apple", "leaf", "sky")
+    with pytest.raises(UserError, match="the model has 10 outputs but dataset 'photos' has 3 classes"):
+        check_head_matches(recipe)

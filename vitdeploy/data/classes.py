@@ -64,9 +64,12 @@ def _source_classes(source: Path, mtime_ns: int, size: int, splits: frozenset[st
     """Listed once per process, not per question: a build asks three times, and a 60,000-image
     archive takes 2 s to list."""
     try:
-        found = {p[-2] for p in (n.split("/") for n in _image_names(source)) if len(p) >= 3 and p[-3] in splits}
+        paths = [p for p in (n.split("/") for n in _image_names(source)) if len(p) >= 2]
     except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError):
         return None  # decoding names the problem with its own message
+    found = {p[-2] for p in paths if len(p) >= 3 and p[-3] in splits}
+    if not found and len({tuple(p[:-2]) for p in paths}) == 1:  # one folder of class folders, split when decoded
+        found = {p[-2] for p in paths}
     return tuple(sorted(found)) or None
 
 
