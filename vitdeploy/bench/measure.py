@@ -14,9 +14,7 @@ spread between rounds is kept beside it. The mean-based figure is kept as well.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import ctypes
 import os
 import statistics
 import subprocess
@@ -34,6 +32,7 @@ import psutil
 from rich.progress import Progress
 
 from vitdeploy.bench.op_profile import OpProfile, read_trace
+from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.providers import PROVIDERS, get_provider
 from vitdeploy.onnx.graph import load_checked, read_preprocess, weight_stats
 from vitdeploy.runtime import sessions
@@ -176,12 +175,6 @@ class PeakRSS:
     @property
     def added_mb(self) -> float:
         return max(0, self.peak - self.start) / 2**20
-
-
-def release_freed_memory() -> None:
-    """Hand memory that earlier cells freed back to the OS (glibc keeps it otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: baselines may include freed memory
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def kernel_peak_rss() -> int | None:

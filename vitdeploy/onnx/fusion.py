@@ -20,6 +20,7 @@ import onnx
 from onnx import helper
 
 from vitdeploy.core.storage import atomic_path
+from vitdeploy.onnx import detached
 from vitdeploy.onnx.graph import op_counts
 from vitdeploy.recipe.schema import OptimizeSpec
 
@@ -39,6 +40,9 @@ def optimize_transformer(
     model = onnx.load(str(source))
     before = op_counts(model)
     reordered = branch_first_residual_adds(model)
+    # Attention fusion concatenates weights, and ONNX Runtime's own pass (opt_level > 0) runs the
+    # model: both need the weights; every other fusion reads the graph only.
+    weights = detached.detach_weights(model) if not fuse_attention and spec.opt_level == 0 else {}
     optimized = optimizer.optimize_model(
         model,
         model_type=spec.model_type,
@@ -50,6 +54,7 @@ def optimize_transformer(
     )
     fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     split = split_skip_layernorm(optimized.model) if spec.split_skip_layernorm else 0
+    detached.attach_weights(optimized.model, weights)
     with atomic_path(target) as tmp:
         optimized.save_model_to_file(str(tmp))
     return {
