@@ -31,6 +31,7 @@ from vitdeploy.build.export_cache import fp32_key, reuse_fp32, store_fp32
 from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import BuildError
 from vitdeploy.core.locking import exclusive
+from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, storage_faults, write_json_atomic
 from vitdeploy.data.classes import check_head_matches, decode_size, mismatch, with_head_for_data
@@ -143,13 +144,16 @@ class Timer:
 
     @contextlib.contextmanager
     def step(self, name: str, busy: str | None = None) -> Iterator[None]:
-        """Time a build step; `busy` shows a spinner with that text (steps without a progress bar)."""
+        """Time a build step (added up when it runs in parts); `busy` shows a spinner with that
+        text (steps without a progress bar)."""
         console.rule(f"[bold]{name}")
         start = time.perf_counter()
         with console.status(busy) if busy else contextlib.nullcontext():
             yield
-        self.seconds[name] = round(time.perf_counter() - start, 2)
-        console.print(f"[dim]{name}: {self.seconds[name]:.1f} s")
+        release_freed_memory()  # what the step let go of, before the next step's peak adds to it
+        took = time.perf_counter() - start
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + took, 2)  # a step may run in parts
+        console.print(f"[dim]{name}: {took:.1f} s")
 
 
 def environment(runtimes: list[str]) -> dict:
@@ -270,8 +274,13 @@ def build_locked(
             cal_images = calibration_images(recipe, img_size)
             smoothing = smooth_step(recipe, model, cal_images, device)
     fp32 = work / "fp32.onnx"
-    exported = export_and_optimize(recipe, model, keys[-1], parity_set, fp32, timer, reuse=not fresh)
-    reference = exported.reference
+    facts = pytorch_facts(recipe, model, device, eval_set, parity_set, eval_batch, timer)
+    exported = export_fp32(recipe, model, facts, keys[-1], parity_set, fp32, timer, reuse=not fresh)
+    del model  # the ONNX steps ahead peak highest; the PyTorch model is not needed for them
+    release_freed_memory()
+    if isinstance(exported, RawExport):
+        exported = optimize_fp32(recipe, exported, fp32, timer)
+    reference = facts.reference
     with timer.step("parity", "checking the FP32 file against PyTorch on real images"):
         parity = check_parity(reference, fp32, parity_set, pre, img_size)
     check_parity_gate(recipe, parity)
@@ -281,9 +290,9 @@ def build_locked(
         with timer.step("quantize", f"{recipe.quantize.mode} INT8 quantization (calibrating when static)"):
             if cal_images is None and uses_calibration(recipe):
                 cal_images = calibration_images(recipe, img_size)
-            quantize_report = quantize_step(recipe, fp32, int8, cal_images, num_tokens(model)) | {"smoothquant": smoothing}
+            quantize_report = quantize_step(recipe, fp32, int8, cal_images, facts.tokens) | {"smoothquant": smoothing}
     with timer.step("evaluate"):
-        top1 = evaluate_all(recipe, model, device, eval_set, fp32, int8, eval_batch)
+        top1 = facts.top1 | evaluate_onnx(recipe, eval_set, fp32, int8, eval_batch)
         runtimes = check_runtimes(
             recipe,
             reference,
@@ -304,11 +313,11 @@ def build_locked(
             stamp_preprocess(path, preprocessing)
     # Every gate passed: everything is written in the work folder first, so a full disk stops
     # the build before the output folder changes; then renames (atomic, no space needed).
-    staged = stage_files(recipe, model, fp32, int8)
+    staged = stage_files(recipe, facts.weights, fp32, int8)
     files = {key: file_record(ready, published.name) for key, (ready, published) in staged.items()}
     manifest = {
         **recipe_record(declared, recipe_path),
-        "model": model_record(model, img_size),
+        "model": facts.record,
         "preprocess": preprocessing,
         "artifacts": files,
         "export": {
@@ -354,39 +363,94 @@ def portable(recipe: Recipe) -> bool:
 
 
 @dataclass(frozen=True)
-class Fp32Export:
-    """How the FP32 file came to be, and PyTorch's logits of the parity images (computed once:
-    every parity check of the build compares against them)."""
+class PyTorchFacts:
+    """All the build needs from the PyTorch model after export, taken before it is let go.
 
-    reference: np.ndarray
+    Why: at 224x224 the ONNX steps (optimizer, shape inference, calibration) peak highest, and
+    the model (343 MB for ViT-B/16) would otherwise sit in memory under them."""
+
+    reference: np.ndarray  # logits of the parity images: every parity check compares against them
+    top1: dict[str, float]  # {"torch": top-1} when the recipe evaluates in PyTorch
+    record: dict  # the manifest's model section
+    tokens: int
+    weights: Path | None  # the compressed model's file, when the recipe has stages
+
+
+def pytorch_facts(
+    recipe: Recipe,
+    model: nn.Module,
+    device: torch.device,
+    eval_set: ImageSet,
+    parity_set: ImageSet,
+    eval_batch: int,
+    timer: Timer,
+) -> PyTorchFacts:
+    pre, img_size = recipe.data.preprocess, model.patch_embed.img_size[0]
+    reference = reference_logits(model, parity_set, pre, img_size)
+    top1 = {}
+    if recipe.evaluate.torch:
+        with timer.step("evaluate"):
+            top1["torch"] = torch_accuracy(model, eval_set, pre, device, eval_batch)
+    weights = None
+    if recipe.stages:
+        weights = work_dir(recipe) / "model.safetensors"
+        save_weights(model, weights)
+    return PyTorchFacts(reference, top1, model_record(model, img_size), num_tokens(model), weights)
+
+
+@dataclass(frozen=True)
+class Fp32Export:
+    """How the FP32 file came to be."""
+
     parity_exported: dict  # the exporter's file against PyTorch, before fusion
     optimize: dict | None  # the optimizer's report
     reused: str | None  # the shared entry's key when another recipe built this file
 
 
-def export_and_optimize(
-    recipe: Recipe, model: nn.Module, model_key: str, parity_set: ImageSet, fp32: Path, timer: Timer, *, reuse: bool = True
-) -> Fp32Export:
-    """Write the FP32 file to `fp32`: reused from another recipe of the same model when one
-    built it already (and `reuse`), else exported, checked and optimized here and kept for the
-    next one. `model_key`: the model's identity after its stages (`stage_keys`)."""
+@dataclass(frozen=True)
+class RawExport:
+    """The exporter's file, checked against PyTorch, before the optimizer runs."""
+
+    path: Path
+    key: str  # its entry in the shared export cache
+    parity: dict
+
+
+def export_fp32(
+    recipe: Recipe,
+    model: nn.Module,
+    facts: PyTorchFacts,
+    model_key: str,
+    parity_set: ImageSet,
+    fp32: Path,
+    timer: Timer,
+    *,
+    reuse: bool = True,
+) -> Fp32Export | RawExport:
+    """The FP32 file at `fp32`, reused from another recipe of the same model when one built it
+    already (and `reuse`); else the exporter's file, checked, for `optimize_fp32` to finish.
+    `model_key`: the model's identity after its stages (`stage_keys`). The model is exported as
+    it is, without a copy: the build needs nothing more from it (`facts`)."""
     pre, img_size = recipe.data.preprocess, model.patch_embed.img_size[0]
-    reference = reference_logits(model, parity_set, pre, img_size)
     key = fp32_key(recipe, model_key, fuse_attention(recipe), portable(recipe))
     with timer.step("export", "exporting to ONNX and checking parity on real images"):
         stored = reuse_fp32(recipe, key, fp32) if reuse else None
         if stored is not None:
             console.print(f"[cyan]reusing the FP32 export {key} (same model and export options)")
-            return Fp32Export(reference, stored["parity_exported"], stored["optimize"], key)
-        raw = export_onnx(model, recipe.export, img_size, fp32.parent / "export.onnx")
-        parity_raw = check_parity(reference, raw, parity_set, pre, img_size).as_dict()
+            return Fp32Export(stored["parity_exported"], stored["optimize"], key)
+        raw = export_onnx(model, recipe.export, img_size, fp32.parent / "export.onnx", in_place=True)
+        return RawExport(raw, key, check_parity(facts.reference, raw, parity_set, pre, img_size).as_dict())
+
+
+def optimize_fp32(recipe: Recipe, raw: RawExport, fp32: Path, timer: Timer) -> Fp32Export:
+    """Optimize the exporter's file into `fp32`, and keep it for the next recipe of the model."""
     with timer.step("optimize", "fusing with ONNX Runtime's transformer optimizer"):
-        optimized = optimize_step(recipe, raw, fp32)
-        not_kept = store_fp32(recipe, key, fp32, {"parity_exported": parity_raw, "optimize": optimized})
+        optimized = optimize_step(recipe, raw.path, fp32)
+        not_kept = store_fp32(recipe, raw.key, fp32, {"parity_exported": raw.parity, "optimize": optimized})
         if not_kept:
             console.print(f"[yellow]the FP32 export was not kept for other recipes: {not_kept}", soft_wrap=True)
-        raw.unlink()
-    return Fp32Export(reference, parity_raw, optimized, None)
+        raw.path.unlink()
+    return Fp32Export(raw.parity, optimized, None)
 
 
 def fuse_attention(recipe: Recipe) -> bool:
@@ -508,14 +572,15 @@ def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]
     return contract.manifest_record()
 
 
-def stage_files(recipe: Recipe, model: nn.Module, fp32: Path, int8: Path | None) -> dict[str, tuple[Path, Path]]:
-    """Every artifact file, ready in the work folder: {manifest key: (ready file, published path)}."""
+def stage_files(recipe: Recipe, weights: Path | None, fp32: Path, int8: Path | None) -> dict[str, tuple[Path, Path]]:
+    """Every artifact file, ready in the work folder: {manifest key: (ready file, published path)}.
+
+    `weights`: the compressed PyTorch model's file, when the recipe has stages."""
     name, out = recipe.artifact_name, recipe.output.dir
     staged = {"fp32_onnx": (fp32, out / f"{name}.fp32.onnx"), "onnx": (int8, out / f"{name}.onnx")} if int8 else {}
     staged = staged or {"onnx": (fp32, out / f"{name}.onnx")}
-    if recipe.stages:
-        save_weights(model, work_dir(recipe) / "model.safetensors")
-        staged["torch"] = (work_dir(recipe) / "model.safetensors", out / f"{name}.safetensors")
+    if weights is not None:
+        staged["torch"] = (weights, out / f"{name}.safetensors")
     return staged
 
 
@@ -574,14 +639,10 @@ def evaluation_batch(recipe: Recipe, tokens: int) -> int:
     return 64 if tokens <= 128 else 8
 
 
-def evaluate_all(
-    recipe: Recipe, model: nn.Module, device: torch.device, eval_set: ImageSet, fp32: Path, int8: Path | None, bs: int
-) -> dict[str, float]:
-    """Top-1 of the PyTorch model and each ONNX file on the same images, `bs` per batch."""
+def evaluate_onnx(recipe: Recipe, eval_set: ImageSet, fp32: Path, int8: Path | None, bs: int) -> dict[str, float]:
+    """Top-1 of each ONNX file on the evaluation images, `bs` per batch."""
     pre = recipe.data.preprocess
     top1: dict[str, float] = {}
-    if recipe.evaluate.torch:
-        top1["torch"] = torch_accuracy(model, eval_set, pre, device, bs)
     for key, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
         if path is not None:
             top1[key] = onnx_accuracy(open_session(path), eval_set, pre, bs, label=key)

@@ -24,9 +24,12 @@ from vitdeploy.torch.models import split_qkv
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
 
-def export_onnx(model: nn.Module, spec: ExportSpec, img_size: int, target: Path) -> Path:
-    """Export `model` (left unchanged) to `target`, atomically, as a single self-contained file."""
-    model = copy.deepcopy(model).cpu().eval()
+def export_onnx(model: nn.Module, spec: ExportSpec, img_size: int, target: Path, *, in_place: bool = False) -> Path:
+    """Export `model` to `target`, atomically, as a single self-contained file.
+
+    The model is left unchanged, unless `in_place`: then it is rewritten for export (split q/k/v,
+    export rules; the same function) instead of copied, which saves its size in memory."""
+    model = (model if in_place else copy.deepcopy(model)).cpu().eval()
     if spec.split_qkv:
         split_qkv(model)
     apply_export_rules(model)
