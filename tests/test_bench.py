@@ -418,3 +418,15 @@ def test_baseline_given_as_a_path_is_the_one_every_speedup_uses(tmp_path: Path) 
     assert {r["x_baseline"] for r in rows} == {"big.onnx"}
     refused = CliRunner().invoke(app, [*args, "--baseline", str(tmp_path / "other.onnx")])
     assert refused.exit_code == 2 and "not one of the models benchmarked (small.onnx, big.onnx)" in refused.output
+
+
+def test_int8_no_faster_than_its_fp32_file_is_warned_about_and_faster_int8_is_not() -> None:
+    base = Result("m.fp32.onnx", "cpu", 1, 1, throughput=100.0, extra={"round_series": [100.0, 100.0, 100.0]})
+    slow = Result("m.onnx", "cpu", 1, 1, throughput=96.0, int8_share=0.9, extra={"round_series": [97.0, 96.0, 95.0]})
+    fast_base = Result("m.fp32.onnx", "cpu", 16, 1, throughput=100.0, extra={"round_series": [100.0, 100.0]})
+    fast = Result("m.onnx", "cpu", 16, 1, throughput=140.0, int8_share=0.9, extra={"round_series": [140.0, 140.0]})
+    float_copy = Result("n.onnx", "cpu", 1, 1, throughput=90.0, extra={"round_series": [90.0, 90.0, 90.0]})
+    results = [base, slow, fast_base, fast, float_copy]
+    add_ratios(results, "m.fp32.onnx")
+    warnings = bench.int8_no_faster(results)
+    assert len(warnings) == 1 and "m.onnx (INT8) runs no faster than m.fp32.onnx on cpu at batch 1 (0.96x)" in warnings[0]

@@ -301,6 +301,8 @@ def bench(
     for r in results:
         if r.error:
             err.print(f"[red]{r.model}[/] ({r.provider}, batch {r.batch}): {r.error}", highlight=False)
+    for warning in B.int8_no_faster(results):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     report = {"environment": B.environment(cfg), "results": [r.as_row() for r in results]}
     if json_out:
         from vitdeploy.core.storage import write_json_atomic

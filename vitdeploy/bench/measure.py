@@ -366,6 +366,24 @@ def add_ratios(results: list[Result], explicit_baseline: str | None) -> None:
                 r.extra["size_ratio"] = r.file_bytes / base.file_bytes
 
 
+def int8_no_faster(results: list[Result]) -> list[str]:
+    """A warning for each INT8 model that ran no faster than its FP32 baseline in a cell.
+
+    Whether INT8 pays depends on the CPU (VNNI or not) and on the shared machine's phase: the
+    reference teacher's static INT8 measured 1.25x FP32 at batch 1 on one machine and 0.96x on
+    another. Shipping it there would make the device slower and less accurate."""
+    warnings = []
+    for r in results:
+        speedup, base = r.extra.get("speedup"), r.extra.get("baseline")
+        if r.error or speedup is None or base == r.model or r.int8_share <= 0 or speedup > 1.0:
+            continue
+        warnings.append(
+            f"{r.model} (INT8) runs no faster than {base} on {r.provider} at batch {r.batch} ({speedup:.2f}x): "
+            "here the FP32 file is the better choice; `vitdeploy tune` times the alternatives"
+        )
+    return warnings
+
+
 def cell_name(r: Result) -> str:
     """One cell of the grid, by name: model, provider, batch and threads."""
     return f"{r.model} {r.provider} b{r.batch} t{r.threads or 'default'}"
