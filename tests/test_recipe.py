@@ -117,7 +117,7 @@ def test_committed_recipe_reference_matches_the_schema() -> None:
     from vitdeploy.recipe.reference import markdown
 
     committed = (ROOT / "docs" / "recipe-reference.md").read_text()
-    assert committed == markdown(), "regenerate: python -m vitdeploy.schema_doc > docs/recipe-reference.md"
+    assert committed == markdown(), "regenerate: python -m vitdeploy.recipe.reference > docs/recipe-reference.md"
 
 
 def test_version_flag() -> None:

@@ -159,6 +159,62 @@ def build(
     out.print(summary_table(manifest))
 
 
+@app.command(short_help="Find the fastest artifact within an accuracy budget, measured here.")
+@user_errors
+def tune(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML: its model, data and stages; the search varies quantization")],
+    max_drop: Annotated[float, typer.Option(min=0, help="top-1 points the artifact may lose against FP32")] = 0.5,
+    provider: Annotated[str, typer.Option(help=f"comma list of {choices_help()}: where speed is measured")] = "cpu",
+    batch: Annotated[str, typer.Option(help="comma list of batch sizes to be fast at")] = "1,16",
+    threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads (default: ONNX Runtime's)")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0, help="build no new candidate after this many minutes")] = None,
+    holdout: Annotated[int, typer.Option(min=1, help="training images set aside to score candidates")] = 1000,
+    rounds: Annotated[int, typer.Option(min=1, help="paired rounds per timed cell")] = 3,
+    duration: Annotated[float, typer.Option(min=0.1, help="seconds of timed runs per cell and round")] = 1.0,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="time again what an earlier tune timed")] = False,
+    device: Annotated[str, typer.Option(help="device for builds: cpu, cuda, cuda:N or auto")] = "auto",
+) -> None:
+    """Build quantization candidates of a recipe, score them on held-out training images, time
+    them against FP32 on this machine, and write `<name>.tuned.yaml` for the fastest within the
+    budget (FP32 itself when no INT8 candidate is faster here); then build it and score it on the
+    test split. A second tune of the recipe reuses the candidates built and timed by the first."""
+    from vitdeploy.torch.stages import resolve_device
+    from vitdeploy.tune.search import TuneSettings
+    from vitdeploy.tune.search import tune as run_tune
+
+    r = _validate(recipe)
+    try:
+        batches = tuple(int(b) for b in batch.split(","))
+    except ValueError:
+        raise UserError(f"--batch {batch!r}: expected a comma list of integers") from None
+    if min(batches) < 1:
+        raise UserError("--batch: sizes must be >= 1")
+    settings = TuneSettings(
+        max_drop, provider_list(provider), batches, threads, minutes, holdout, rounds, duration, remeasure
+    )  # fmt: skip
+    with interrupt_on_sigterm():
+        report = run_tune(r, recipe.resolve(), settings, resolve_device(device))
+    out.print(tune_table(report))
+
+
+def tune_table(report: dict) -> Table:
+    test = report["test"]
+    table = Table(
+        title=f"tune: {report['winner']} chosen ({report['validation_images']} held-out images, "
+        f"FP32 {report['fp32_validation_top1']:.2f} %); test split: {test['test_top1']:.2f} % "
+        f"({test['test_drop']:+.2f} points vs FP32)"
+    )
+    for col in ("candidate", "val top-1", "drop", "size", "speed vs FP32", "verdict"):
+        table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+    for c in report["candidates"]:
+        speed = " ".join(f"b{s['batch']} {s['speedup']:.2f}x ({s['lowest']:.2f}-{s['highest']:.2f})" for s in c["speed"])
+        top1 = f"{c['validation_top1']:.2f} %" if c["validation_top1"] is not None else "-"
+        drop = f"{c['drop']:.2f}" if c["drop"] is not None else "-"
+        size = f"{c['bytes'] / 1e6:.2f} MB" if c["bytes"] else "-"
+        table.add_row(c["name"], top1, drop, size, speed or "-", c["verdict"])
+    return table
+
+
 @app.command(short_help="Remove recipes' caches (not their artifacts).")
 @user_errors
 def clean(

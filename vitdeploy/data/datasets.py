@@ -54,6 +54,17 @@ class ImageSet:
         idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
+    def hold_out(self, count: int, seed: int) -> tuple[ImageSet, ImageSet]:
+        """(the rest, `count` images set aside): a seeded random choice, disjoint, in order."""
+        if count >= len(self):
+            raise UserError(f"data.holdout ({count}) must leave training images: the train split has {len(self)}")
+        chosen = np.zeros(len(self), dtype=bool)
+        chosen[np.random.default_rng(seed).permutation(len(self))[:count]] = True
+        return self._where(~chosen), self._where(chosen)
+
+    def _where(self, mask: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[mask], self.labels[mask], self.classes)
+
 
 def default_cache_dir() -> Path:
     env = os.environ.get("VITDEPLOY_CACHE")
@@ -324,12 +335,23 @@ def dataset_name(spec: DataSpec) -> str:
     return f"{spec.dataset}-{hashlib.sha256(str(spec.source).encode()).hexdigest()[:8]}"
 
 
+VALIDATION = "validation"  # the split `DataSpec.holdout` sets aside from the train split
+HOLDOUT_SPLIT_SEED = 7
+
+
 def load_split(spec: DataSpec, split: str, size: int | None = None) -> ImageSet:
-    """The split a recipe asks for, decoding its source into the cache first if needed."""
+    """The split a recipe asks for, decoding its source into the cache first if needed.
+
+    With `spec.holdout`, the train split is what remains after its held-out images, which are
+    the split `validation`."""
     store = DataStore(spec.cache_dir)
     name = dataset_name(spec)
     if spec.source is not None:
-        store.import_source(name, spec.source, {spec.train_split, spec.eval_split}, size)
+        wanted = {spec.train_split, spec.eval_split} - {VALIDATION} | {spec.train_split}
+        store.import_source(name, spec.source, wanted, size)
+    if spec.holdout and split in (spec.train_split, VALIDATION):
+        kept, held = store.load(name, spec.train_split).hold_out(spec.holdout, seed=HOLDOUT_SPLIT_SEED)
+        return held if split == VALIDATION else kept
     return store.load(name, split)
 
 
@@ -401,6 +423,7 @@ def data_identity(spec: DataSpec) -> dict:
         "fingerprint": fingerprint,
         "train_split": spec.train_split,
         "eval_split": spec.eval_split,
+        **({"holdout": spec.holdout} if spec.holdout else {}),
         "preprocess": json.loads(spec.preprocess.cache_json()),
         **({"image_size": spec.image_size} if spec.image_size else {}),
     }

@@ -119,7 +119,7 @@ class Preprocess(Section):
 
 
 class DataSpec(Section):
-    added_options: ClassVar[frozenset[str]] = frozenset({"image_size"})
+    added_options: ClassVar[frozenset[str]] = frozenset({"image_size", "holdout"})
     dataset: str = Field("cifar10", description="'cifar10' or any name for an ImageFolder")
     source: Path | None = Field(None, description="archive or folder; omit to use the cache filled by `vitdeploy data get`")
     train_split: str = "train"
@@ -129,6 +129,10 @@ class DataSpec(Section):
     preprocess: Preprocess = Preprocess()
     """the model's input statistics; unset: timm's pretrained_cfg ones when the weights come from timm
     (`pretrained`, or a plain timm/Hugging Face state dict), else CIFAR-10's"""
+    holdout: int | None = Field(None, gt=0)
+    """images of the train split set aside (a seeded choice) as the split `validation`: training,
+    calibration and smoothing never read them, so `eval_split: validation` scores choices
+    without touching the test split (`vitdeploy tune` does)"""
     image_size: int | None = Field(None, gt=0)
     """size images from `source` are decoded to (shorter side, then centre crop), whatever their
     own sizes and modes; default: the model's input size"""

@@ -1,0 +1,127 @@
+"""`vitdeploy tune`: held-out validation images, the choice rules, and a whole search run twice."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from vitdeploy.cli import app
+from vitdeploy.data.datasets import VALIDATION, ImageSet, load_split
+from vitdeploy.recipe.schema import DataSpec, QuantizeSpec, load_recipe
+from vitdeploy.tune.search import Speed, Tried, TuneSettings, choose
+from vitdeploy.tune.space import Candidate, candidates
+
+from .conftest import TINY_OVERRIDES
+
+runner = CliRunner()
+
+
+def test_held_out_images_are_disjoint_from_training_and_always_the_same(cifar10: Path) -> None:
+    spec = DataSpec(dataset="cifar10", cache_dir=cifar10, holdout=300)
+    full = load_split(DataSpec(dataset="cifar10", cache_dir=cifar10), "train")
+    train, held = load_split(spec, "train"), load_split(spec, VALIDATION)
+    assert len(train) + len(held) == len(full) and len(held) == 300
+    fingerprints = {im.tobytes() for im in train.images}
+    assert not any(im.tobytes() in fingerprints for im in held.images)  # CIFAR-10 has no duplicate across these
+    assert np.array_equal(load_split(spec, VALIDATION).images, held.images)
+
+
+def test_holding_out_every_image_is_refused() -> None:
+    images = ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.arange(4), ("a", "b", "c", "d"))
+    rest, held = images.hold_out(1, seed=0)
+    assert len(rest) == 3 and len(held) == 1
+    with pytest.raises(Exception, match="must leave training images"):
+        images.hold_out(4, seed=0)
+
+
+def test_every_candidate_is_a_valid_quantize_section_keeping_the_recipe_s_own_choices() -> None:
+    from vitdeploy.recipe.schema import ModelSpec, Recipe
+
+    recipe = Recipe(
+        name="r", model=ModelSpec(name="vit_tiny_patch16_224"),
+        quantize=QuantizeSpec(mode="static", op_types=["MatMul"], keep_classifier_fp32=False, max_accuracy_drop=1.0),
+    )  # fmt: skip
+    space = candidates(recipe)
+    assert space[0].is_float and {c.quantize["mode"] for c in space} == {"none", "dynamic", "static"}
+    for c in space[1:]:
+        spec = QuantizeSpec(**c.quantize)
+        assert spec.op_types == ["MatMul"] and not spec.keep_classifier_fp32 and spec.max_accuracy_drop is None
+    assert any(QuantizeSpec(**c.quantize).smooth_alpha for c in space)
+
+
+def tried(name: str, drop: float, *speedups: float) -> Tried:
+    mode = "none" if name == "fp32" else "static"
+    t = Tried(Candidate(name, name, {"mode": mode}), name, top1=80.0 - drop, drop=drop)
+    t.speeds = [Speed("cpu", b, s, s, s, 100.0, "now") for b, s in zip((1, 16), speedups, strict=False)]
+    return t
+
+
+SETTINGS = TuneSettings(max_drop=0.5, batches=(1, 16))
+
+
+def test_over_budget_or_slower_than_fp32_is_never_chosen() -> None:
+    fp32 = tried("fp32", 0.0)
+    fast_but_lossy, slow_at_b1, good = tried("a", 0.8, 3.0, 3.0), tried("b", 0.1, 0.98, 2.5), tried("c", 0.4, 1.3, 1.6)
+    assert choose([fp32, fast_but_lossy, slow_at_b1, good], fp32, SETTINGS) is good
+    assert fast_but_lossy.verdict.startswith("over budget") and slow_at_b1.verdict.startswith("no faster than FP32 at cpu b1")
+
+
+def test_fp32_is_chosen_when_no_int8_candidate_pays_here() -> None:
+    fp32 = tried("fp32", 0.0)
+    assert choose([fp32, tried("a", 0.1, 0.95, 1.4), tried("b", 0.9, 2.0, 2.0)], fp32, SETTINGS) is fp32
+    assert "no INT8 candidate" in fp32.verdict
+
+
+def test_among_equally_fast_candidates_the_most_accurate_wins() -> None:
+    fp32 = tried("fp32", 0.0)
+    fastest, nearly, slower = tried("a", 0.4, 1.50, 1.80), tried("b", 0.1, 1.48, 1.78), tried("c", 0.0, 1.2, 1.3)
+    assert choose([fp32, fastest, nearly, slower], fp32, SETTINGS) is nearly
+    assert "(as fast as the fastest)" in fastest.verdict and "(as fast" not in slower.verdict
+
+
+def test_tune_chooses_writes_a_recipe_that_rebuilds_the_winner_and_reuses_its_work(cifar10: Path, tmp_path: Path) -> None:
+    recipe = {
+        "name": "tiny",
+        "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES},
+        "data": {"dataset": "cifar10", "cache_dir": str(cifar10)},
+        "export": {"parity_samples": 32, "min_top1_agreement": 0.9},
+        "evaluate": {"samples": 200},
+        "quantize": {"mode": "static", "calibration": {"samples": 32}},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    args = ["tune", str(path), "--max-drop", "5", "--batch", "4", "--holdout", "100", "--rounds", "1", "--duration", "0.2"]
+    start = time.perf_counter()
+    done = runner.invoke(app, [*args, "--device", "cpu"])
+    first = time.perf_counter() - start
+    assert done.exit_code == 0, done.output[-3000:]
+
+    report = json.loads((tmp_path / "out" / ".tune" / "tiny" / "tune.json").read_text())
+    assert report["validation_images"] == 100 and len(report["candidates"]) == len(candidates(load_recipe(path)))
+    by_name = {c["name"]: c for c in report["candidates"]}
+    winner = by_name[report["winner"]]
+    assert winner["verdict"].startswith("chosen")
+    if report["winner"] != "fp32":
+        assert winner["drop"] <= 5 and all(s["speedup"] > 1 for s in winner["speed"])
+    for c in report["candidates"]:
+        if c["drop"] is not None and c["drop"] > 5:
+            assert c["verdict"].startswith("over budget") and not c["speed"]  # over budget: not even timed
+
+    tuned = load_recipe(tmp_path / "tiny.tuned.yaml")  # a plain recipe, scored on the test split again
+    assert tuned.name == "tiny.tuned" and tuned.data.eval_split == "test" and tuned.data.holdout is None
+    assert tuned.quantize == QuantizeSpec(**winner["quantize"])
+    built = json.loads((tmp_path / "out" / "tiny.tuned.json").read_text())
+    assert built["recipe"]["sha256"] == tuned.digest() and report["test"]["artifact"].endswith("tiny.tuned.onnx")
+
+    start = time.perf_counter()
+    again = runner.invoke(app, [*args, "--max-drop", "0.5", "--device", "cpu"])
+    assert again.exit_code == 0, again.output[-3000:]
+    assert time.perf_counter() - start < first / 2  # every candidate and its timing reused
+    assert again.output.count("reusing the earlier build") >= len(report["candidates"])

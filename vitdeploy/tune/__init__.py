@@ -1,0 +1,1 @@
+"""`vitdeploy tune`: the fastest artifact within an accuracy budget, measured on this machine."""
