@@ -215,6 +215,61 @@ def tune_table(report: dict) -> Table:
     return table
 
 
+@app.command(short_help="Which layers lose accuracy in INT8: each quantized alone.")
+@user_errors
+def sensitivity(
+    model: Annotated[Path, typer.Argument(help="an FP32 ONNX file (a build's <name>.fp32.onnx or <name>.onnx)")],
+    data: Annotated[str, typer.Option(help="a cached split: images to calibrate on and to score")] = "cifar10:train",
+    images: Annotated[int, typer.Option(min=1, help="images scored per layer")] = 500,
+    calibration: Annotated[int, typer.Option(min=1, help="calibration images (others than those scored)")] = 256,
+    method: Annotated[str, typer.Option(help="calibration: minmax, entropy or percentile")] = "minmax",
+    top: Annotated[int, typer.Option(min=1, help="rows shown")] = 15,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write every layer as JSON")] = None,
+) -> None:
+    """Quantize each layer static INT8 alone (calibrated once) and score it against the FP32 file:
+    top-1 drop, mean logit error, top-1 agreement. Keep the worst in float with
+    `quantize.exclude_nodes`. No PyTorch needed."""
+    import onnx
+
+    from vitdeploy.core.progress import progress_bar
+    from vitdeploy.data.datasets import DataStore, PreprocessedImages
+    from vitdeploy.onnx.graph import read_preprocess
+    from vitdeploy.onnx.quantize import ArrayCalibrationReader
+    from vitdeploy.onnx.sensitivity import layer_sensitivity, quantizable_nodes
+    from vitdeploy.recipe.schema import QuantizeSpec
+
+    if not model.is_file():
+        raise UserError(f"no such model file: {model}")
+    if method not in ("minmax", "entropy", "percentile"):
+        raise UserError(f"--method {method!r}: expected minmax, entropy or percentile")
+    graph = onnx.load(str(model), load_external_data=False)
+    pre, size = read_preprocess(graph)
+    spec = QuantizeSpec(mode="static", calibration={"method": method, "samples": calibration})
+    layers, input_name = quantizable_nodes(graph, spec), graph.graph.input[0].name
+    if not layers:
+        raise UserError(f"{model.name}: no layer static INT8 would quantize (is it already quantized?)")
+    del graph
+    name, _, split = data.partition(":")
+    rest, scored = DataStore().load(name, split or "train").hold_out(images, seed=7)
+    cal = rest.subset(calibration, seed=2)
+    batch = 1 if (size or 0) >= 128 else 32  # 224x224: ORT's calibration keeps a batch's tensors alive
+    reader = ArrayCalibrationReader(input_name, PreprocessedImages(cal.images, pre, size), batch)
+    with progress_bar(refresh_per_second=1) as bar:
+        task = bar.add_task("quantizing one layer at a time", total=len(layers))
+        found = layer_sensitivity(model, spec, reader, scored, pre, size, advance=lambda node: bar.advance(task))
+    table = Table(title=f"{model.name}: each of {len(found)} layers static INT8 alone, {len(scored)} images of {data}")
+    for col in ("layer", "op", "top-1 drop", "mean |logit error|", "top-1 agreement"):
+        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    for s in found[:top]:
+        table.add_row(s.node, s.op_type, f"{s.top1_drop:+.2f}", f"{s.logit_error:.4f}", f"{s.agreement:.2%}")
+    out.print(table)
+    if json_out:
+        from vitdeploy.core.storage import write_json_atomic
+
+        rows = [s.as_dict() for s in found]
+        write_json_atomic(json_out, {"model": str(model), "data": data, "images": len(scored), "layers": rows})
+
+
 @app.command(short_help="Remove recipes' caches (not their artifacts).")
 @user_errors
 def clean(

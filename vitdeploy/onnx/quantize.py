@@ -188,24 +188,9 @@ def _quantize(
         elif spec.mode == "static":
             if calibration is None:
                 raise ValueError("static quantization needs calibration data")
-            require_calibration_cache()
             ranges = source.with_name("ranges.json")
             save_tensors_data(calibrate(source, spec, op_types, calibration), ranges)
-            quantize_static(
-                str(source),
-                str(tmp),
-                None,  # the ranges are read from `ranges`
-                quant_format=FORMATS[spec.format],
-                op_types_to_quantize=op_types,
-                per_channel=spec.per_channel,
-                reduce_range=reduce_range,
-                activation_type=QUANT_TYPES[spec.activation_type],
-                weight_type=QUANT_TYPES[spec.weight_type],
-                nodes_to_exclude=excluded,
-                calibrate_method=CALIBRATION_METHODS[spec.calibration.method],
-                extra_options=_output_options(spec, op_types),
-                calibration_cache_path=str(ranges),
-            )
+            quantize_with_ranges(source, tmp, spec, ranges, excluded)
         else:
             raise ValueError(f"nothing to quantize in mode {spec.mode!r}")
         quantized = onnx.load(str(tmp))
@@ -252,6 +237,33 @@ def calibration_batch(spec: QuantizeSpec, tokens: int) -> int:
     if spec.calibration.batch_size is not None:
         return spec.calibration.batch_size
     return 32 if tokens <= 128 else 1
+
+
+def quantize_with_ranges(
+    source: Path, target: Path, spec: QuantizeSpec, ranges: Path, excluded: list[str], only: list[str] | None = None
+) -> None:
+    """Static INT8 of `source` (typed by `infer_types`) into `target`, from ranges `calibrate` wrote.
+
+    `only`: quantize these nodes alone (per-layer sensitivity), else every node of the spec's op
+    types but `excluded`."""
+    require_calibration_cache()
+    op_types = [t for t in spec.op_types if t not in spec.exclude_op_types]
+    quantize_static(
+        str(source),
+        str(target),
+        None,  # the ranges are read from `ranges`
+        quant_format=FORMATS[spec.format],
+        op_types_to_quantize=op_types,
+        per_channel=spec.per_channel,
+        reduce_range=resolve_reduce_range(spec),
+        activation_type=QUANT_TYPES[spec.activation_type],
+        weight_type=QUANT_TYPES[spec.weight_type],
+        nodes_to_quantize=only,
+        nodes_to_exclude=excluded,
+        calibrate_method=CALIBRATION_METHODS[spec.calibration.method],
+        extra_options=_output_options(spec, op_types),
+        calibration_cache_path=str(ranges),
+    )
 
 
 def require_calibration_cache() -> None:
