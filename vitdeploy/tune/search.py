@@ -69,6 +69,7 @@ class Tried:
     speeds: list[Speed] = field(default_factory=list)
     verdict: str = ""
     error: str | None = None
+    fp32_file: str | None = None  # the float file an INT8 candidate was quantized from
 
     def speedup(self) -> float:
         """Geometric mean over the measured cells (1.0 for the float baseline)."""
@@ -173,29 +174,93 @@ def read_earlier(path: Path) -> dict:
 def build_candidates(
     recipe: Recipe, recipe_path: Path, settings: TuneSettings, holdout: int, device: Any, started: float
 ) -> list[Tried]:
+    """Build the search space; when static INT8 loses more than the budget, also static INT8
+    with its most sensitive layers kept in float (ranked by `sensitivity`)."""
+    queue, tried, fallbacks_added = candidates(recipe), [], False
+    while len(tried) < len(queue):
+        i, candidate = len(tried), queue[len(tried)]
+        if settings.minutes is not None and i > 1 and time.perf_counter() - started > 60 * settings.minutes:
+            console.print(f"[yellow]--minutes {settings.minutes:g} spent: {len(queue) - i} candidates not built")
+            break
+        console.rule(f"[bold]tune: candidate {i + 1}/{len(queue)}: {candidate.name}")
+        tried.append(build_one(recipe, recipe_path, candidate, holdout, device))
+        if len(tried) == len(queue) and not fallbacks_added:
+            fallbacks_added = True
+            queue += fallback_candidates(recipe, tried, settings, holdout)
+    return tried
+
+
+def build_one(recipe: Recipe, recipe_path: Path, candidate: Candidate, holdout: int, device: Any) -> Tried:
     from vitdeploy.build.pipeline import build
 
-    space = candidates(recipe)
-    tried = []
-    for i, candidate in enumerate(space):
-        if settings.minutes is not None and i > 1 and time.perf_counter() - started > 60 * settings.minutes:
-            console.print(f"[yellow]--minutes {settings.minutes:g} spent: {len(space) - i} candidates not built")
-            break
-        r = candidate_recipe(recipe, candidate, holdout)
-        t = Tried(candidate, r.artifact_name)
-        console.rule(f"[bold]tune: candidate {i + 1}/{len(space)}: {candidate.name}")
-        try:
-            manifest = reuse_manifest(r) or build(r, recipe_path, device)
-        except (BuildError, UserError) as err:
-            t.error, t.verdict = str(err), f"failed: {err}"
-            tried.append(t)
-            continue
-        record = manifest["artifacts"]["onnx"]
-        top1 = manifest["evaluate"]["top1"]
-        t.top1 = round(100 * top1.get("onnx_int8", top1["onnx_fp32"]), 2)
-        t.file, t.sha256, t.bytes = str(r.output.dir / record["file"]), record["sha256"], record["bytes"]
-        tried.append(t)
-    return tried
+    r = candidate_recipe(recipe, candidate, holdout)
+    t = Tried(candidate, r.artifact_name)
+    try:
+        manifest = reuse_manifest(r) or build(r, recipe_path, device)
+    except (BuildError, UserError) as err:
+        t.error, t.verdict = str(err), f"failed: {err}"
+        return t
+    record = manifest["artifacts"]["onnx"]
+    top1 = manifest["evaluate"]["top1"]
+    t.top1 = round(100 * top1.get("onnx_int8", top1["onnx_fp32"]), 2)
+    t.file, t.sha256, t.bytes = str(r.output.dir / record["file"]), record["sha256"], record["bytes"]
+    if "fp32_onnx" in manifest["artifacts"]:
+        t.fp32_file = str(r.output.dir / manifest["artifacts"]["fp32_onnx"]["file"])
+    return t
+
+
+FALLBACK_COUNTS = (1, 2, 4)  # most sensitive layers kept in float, one candidate each
+SENSITIVITY_IMAGES = 500
+
+
+def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettings, holdout: int) -> list[Candidate]:
+    """Static INT8 with its 1, 2 and 4 most harmful layers in float, if static INT8 is over budget."""
+    fp32 = next((t for t in tried if t.candidate.is_float and t.top1 is not None), None)
+    static = next((t for t in tried if t.candidate.name == "static" and t.fp32_file), None)
+    if fp32 is None or static is None or fp32.top1 - static.top1 <= settings.max_drop:
+        return []
+    console.rule("[bold]tune: static INT8 is over budget: which layers lose it (each quantized alone)")
+    ranking = sensitivity_ranking(candidate_recipe(recipe, static.candidate, holdout), Path(static.fp32_file))
+    base = static.candidate.quantize
+    return [
+        Candidate(
+            f"static-fallback{k}",
+            f"static INT8 with its {k} most sensitive layer{'s' if k > 1 else ''} kept in float",
+            base | {"exclude_nodes": sorted(set(base.get("exclude_nodes", [])) | set(ranking[:k]))},
+        )
+        for k in FALLBACK_COUNTS
+        if k < len(ranking)
+    ]
+
+
+def sensitivity_ranking(r: Recipe, fp32: Path) -> list[str]:
+    """Layers of `fp32` (a static candidate's float file), most harmful in INT8 first, scored on
+    held-out images; kept beside it and reused while the file is unchanged."""
+    import json
+
+    from vitdeploy.build.pipeline import calibration_images
+    from vitdeploy.data.classes import decode_size
+    from vitdeploy.data.datasets import load_split
+    from vitdeploy.onnx.graph import read_preprocess
+    from vitdeploy.onnx.quantize import ArrayCalibrationReader
+    from vitdeploy.onnx.sensitivity import layer_sensitivity
+    from vitdeploy.torch.export import INPUT_NAME
+
+    saved = fp32.with_name(f"{fp32.name}.sensitivity.json")
+    digest = sha256_file(fp32)
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        if old.get("sha256") == digest:
+            return [row["node"] for row in old["layers"]]
+    import onnx
+
+    pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
+    batch = 32 if (size or 224) < 128 else 1  # 224x224: ORT's calibration keeps a batch's tensors alive
+    reader = ArrayCalibrationReader(INPUT_NAME, calibration_images(r, size), r.quantize.calibration.batch_size or batch)
+    images = load_split(r.data, VALIDATION, decode_size(r)).subset(SENSITIVITY_IMAGES, seed=3)
+    found = layer_sensitivity(fp32, r.quantize, reader, images, pre, size)
+    write_json_atomic(saved, {"sha256": digest, "layers": [s.as_dict() for s in found]})
+    return [s.node for s in found]
 
 
 def reuse_manifest(r: Recipe) -> dict | None:
@@ -259,15 +324,18 @@ def measure_speeds(baseline: Tried, within: list[Tried], settings: TuneSettings,
         t.speeds.append(Speed(r.provider, r.batch, speedup, min(pairs), max(pairs), round(r.throughput, 2), now))
 
 
-AS_FAST = 0.97  # candidates within 3 % of the fastest are as fast: the most accurate of them wins
+AS_FAST = 0.97  # within 3 %: paired rounds on a shared 2-core VM differ by 1-3 %
 
 
 def choose(tried: list[Tried], baseline: Tried, settings: TuneSettings) -> Tried:
-    """The fastest candidate within the budget that beats FP32 in every cell, else FP32.
+    """The fastest candidate within the budget that pays against FP32, else FP32.
 
-    Why the tolerance: variants with the same graph (static INT8 with other ranges) run at the
-    same speed, and their measured speedups differ by the machine's noise (1-3 % between
-    paired rounds on a shared 2-core VM); among those, the smallest loss is the better choice."""
+    Pays: faster than FP32 over the cells (geometric mean of the paired speedups above 1) and
+    not measurably slower in any (each cell's median at least `AS_FAST`). Candidates within
+    `AS_FAST` of the fastest are as fast as it, and the smallest loss among them wins. Why the
+    tolerance: variants with the same graph (static INT8 with other ranges) run at the same
+    speed and their measured speedups differ by the machine's noise; on the reference teacher
+    at batch 1 (2-core Intel Xeon) five such variants measured 0.98x to 1.02x."""
     eligible = []
     for t in tried:
         if t.candidate.is_float or t.error:
@@ -276,10 +344,15 @@ def choose(tried: list[Tried], baseline: Tried, settings: TuneSettings) -> Tried
         if t.drop is None or t.drop > settings.max_drop:
             t.verdict = f"over budget: {t.drop:.2f} points lost > {settings.max_drop:g}"
             continue
-        slow = [s for s in t.speeds if s.speedup <= 1.0]
-        if slow or len(t.speeds) < len(settings.providers) * len(settings.batches):
-            worst = min(slow, key=lambda s: s.speedup) if slow else None
-            t.verdict = f"no faster than FP32 at {worst.cell} ({worst.speedup:.2f}x)" if worst else "not timed"
+        if len(t.speeds) < len(settings.providers) * len(settings.batches):
+            t.verdict = "not timed"
+            continue
+        worst = min(t.speeds, key=lambda s: s.speedup)
+        if worst.speedup < AS_FAST:
+            t.verdict = f"slower than FP32 at {worst.cell} ({worst.speedup:.2f}x)"
+            continue
+        if t.speedup() <= 1.0:
+            t.verdict = f"no faster than FP32 ({t.speedup():.2f}x over the cells)"
             continue
         eligible.append(t)
     if not eligible:
