@@ -1,7 +1,7 @@
 """Real-scale ViTs at 224x224: what a build costs and what INT8 buys, for docs/scale.md.
 
     python benchmarks/scale.py [--models vit_s16,vit_b16] [--batches 1,8] [--rounds 3] [--duration 2]
-                               [--json runs/scale.json] [--skip-build]
+                               [--json runs/scale.json] [--skip-build | --builds-only]
 
 Builds `recipes/scale/<model>_{fp32,static_int8,int8_portable}.yaml` (random weights; see
 their headers), each in a fresh process, and prints per build: wall time per step, peak RSS
@@ -170,6 +170,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=2.0)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--skip-build", action="store_true", help="reuse the artifacts already built")
+    p.add_argument("--builds-only", action="store_true", help="build and time the unavoidable work; no speed table")
     args = p.parse_args()
     batches = tuple(int(b) for b in args.batches.split(","))
     report: dict = {"environment": B.environment(B.BenchConfig()), "models": {}}
@@ -184,7 +185,7 @@ def main() -> None:
         entry["unavoidable_s"] = unavoidable_seconds(f"{model}_static_int8")
         console.print("unavoidable work", entry["unavoidable_s"])
         out = load_recipe(RECIPES / f"{model}_fp32.yaml").output.dir
-        entry["speed"] = speed_table(model, out, batches, args.rounds, args.duration)
+        entry["speed"] = [] if args.builds_only else speed_table(model, out, batches, args.rounds, args.duration)
         for row in entry["speed"]:
             console.print(row["row"], json.dumps(row["batches"]))
         report["models"][model] = entry

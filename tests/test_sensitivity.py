@@ -39,10 +39,11 @@ def test_the_layer_reading_outlier_channels_is_the_most_sensitive(cifar10: Path,
     done = runner.invoke(app, [*args, "--json", str(tmp_path / "s.json")])
     assert done.exit_code == 0, done.output[-3000:]
     layers = json.loads((tmp_path / "s.json").read_text())["layers"]
-    assert len(layers) == 2 * 6  # q, k, v (split for export), proj, fc1, fc2 per block; the classifier stays float
+    # per block: q, k, v (split for export, one input: one group), proj, fc1, fc2; the classifier stays float
+    assert len(layers) == 2 * 4 and sum(len(row["nodes"]) for row in layers) == 2 * 6
     errors = [row["logit_error"] for row in layers]
     assert errors == sorted(errors, reverse=True)
-    assert "blocks.1/mlp/fc1" in layers[0]["node"], [row["node"] for row in layers[:3]]
+    assert layers[0]["nodes"] == ["/blocks/blocks.1/mlp/fc1/MatMul"], [row["group"] for row in layers[:3]]
     assert layers[0]["logit_error"] > 3 * layers[1]["logit_error"]
 
 

@@ -226,7 +226,8 @@ def sensitivity(
     top: Annotated[int, typer.Option(min=1, help="rows shown")] = 15,
     json_out: Annotated[Path | None, typer.Option("--json", help="write every layer as JSON")] = None,
 ) -> None:
-    """Quantize each layer static INT8 alone (calibrated once) and score it against the FP32 file:
+    """Quantize each layer group static INT8 alone (calibrated once; a group: the layers reading
+    one input, q/k/v say) and score it against the FP32 file:
     top-1 drop, mean logit error, top-1 agreement. Keep the worst in float with
     `quantize.exclude_nodes`. No PyTorch needed."""
     import onnx
@@ -235,7 +236,7 @@ def sensitivity(
     from vitdeploy.data.datasets import DataStore, PreprocessedImages
     from vitdeploy.onnx.graph import read_preprocess
     from vitdeploy.onnx.quantize import ArrayCalibrationReader
-    from vitdeploy.onnx.sensitivity import layer_sensitivity, quantizable_nodes
+    from vitdeploy.onnx.sensitivity import layer_sensitivity, quantizable_groups
     from vitdeploy.recipe.schema import QuantizeSpec
 
     if not model.is_file():
@@ -245,8 +246,8 @@ def sensitivity(
     graph = onnx.load(str(model), load_external_data=False)
     pre, size = read_preprocess(graph)
     spec = QuantizeSpec(mode="static", calibration={"method": method, "samples": calibration})
-    layers, input_name = quantizable_nodes(graph, spec), graph.graph.input[0].name
-    if not layers:
+    groups, input_name = quantizable_groups(graph, spec), graph.graph.input[0].name
+    if not groups:
         raise UserError(f"{model.name}: no layer static INT8 would quantize (is it already quantized?)")
     del graph
     name, _, split = data.partition(":")
@@ -255,13 +256,16 @@ def sensitivity(
     batch = 1 if (size or 0) >= 128 else 32  # 224x224: ORT's calibration keeps a batch's tensors alive
     reader = ArrayCalibrationReader(input_name, PreprocessedImages(cal.images, pre, size), batch)
     with progress_bar(refresh_per_second=1) as bar:
-        task = bar.add_task("quantizing one layer at a time", total=len(layers))
+        task = bar.add_task("quantizing one layer group at a time", total=len(groups))
         found = layer_sensitivity(model, spec, reader, scored, pre, size, advance=lambda node: bar.advance(task))
-    table = Table(title=f"{model.name}: each of {len(found)} layers static INT8 alone, {len(scored)} images of {data}")
-    for col in ("layer", "op", "top-1 drop", "mean |logit error|", "top-1 agreement"):
-        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    table = Table(
+        title=f"{model.name}: each of {len(found)} layer groups (layers reading one input) static INT8 alone, "
+        f"{len(scored)} images of {data}"
+    )
+    for col in ("layers", "op", "top-1 drop", "mean |logit error|", "top-1 agreement"):
+        table.add_column(col, justify="left" if col in ("layers", "op") else "right")
     for s in found[:top]:
-        table.add_row(s.node, s.op_type, f"{s.top1_drop:+.2f}", f"{s.logit_error:.4f}", f"{s.agreement:.2%}")
+        table.add_row(s.group, s.op_type, f"{s.top1_drop:+.2f}", f"{s.logit_error:.4f}", f"{s.agreement:.2%}")
     out.print(table)
     if json_out:
         from vitdeploy.core.storage import write_json_atomic

@@ -1,10 +1,15 @@
-"""Per-layer sensitivity: each quantizable layer quantized alone, and what it does to the outputs.
+"""Per-layer sensitivity: each quantizable layer group quantized alone, and what it does to the outputs.
 
 Why: a ViT that loses accuracy in INT8 usually loses it in a few layers (the ones reading
 outlier channels, the classifier). Quantizing one layer at a time against the same calibrated
 ranges shows which; keeping those few in float (`quantize.exclude_nodes`) recovers most of the
-loss at little of the speed. Calibration runs once; each layer then costs one quantization pass
+loss at little of the speed. Calibration runs once; each group then costs one quantization pass
 and one pass over the images.
+
+A group is the layers reading one activation (q, k and v read the same LayerNorm output): ONNX
+Runtime quantizes that activation once for all of them, so keeping one of them in float changes
+nothing. On the outlier teacher (`benchmarks/outlier_teacher.py`) keeping block 2's q alone in
+float left the loss at 11.5 points; its q, k and v together and block 0's fc1: 3.1.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from vitdeploy.runtime.sessions import open_predictor
 
 @dataclass(frozen=True)
 class LayerSensitivity:
-    node: str
+    group: str  # its first layer's name, and how many more read the same input
+    nodes: tuple[str, ...]
     op_type: str
     top1_drop: float  # points below the FP32 file, on the images
     logit_error: float  # mean |logit - FP32 logit|
@@ -41,6 +47,19 @@ def quantizable_nodes(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     excluded = set(nodes_to_exclude(model, spec))
     op_types = set(spec.op_types) - set(spec.exclude_op_types)
     return [n.name for n in model.graph.node if n.op_type in op_types and n.name not in excluded]
+
+
+def quantizable_groups(model: onnx.ModelProto, spec: QuantizeSpec) -> list[tuple[str, ...]]:
+    """The quantizable nodes grouped by the activation they read, in graph order."""
+    wanted, groups = set(quantizable_nodes(model, spec)), {}
+    for node in model.graph.node:
+        if node.name in wanted:
+            groups.setdefault(node.input[0], []).append(node.name)
+    return [tuple(g) for g in groups.values()]
+
+
+def group_label(nodes: tuple[str, ...]) -> str:
+    return nodes[0] + (f" +{len(nodes) - 1}" if len(nodes) > 1 else "")
 
 
 def logits_of(path: Path, images: ImageSet, pre: Preprocess, size: int | None, batch: int) -> np.ndarray:
@@ -58,9 +77,9 @@ def layer_sensitivity(
     batch: int = 32,
     advance: Callable[[str], None] = lambda node: None,
 ) -> list[LayerSensitivity]:
-    """Each layer static INT8 with `spec` alone, scored on `images`; most harmful first."""
+    """Each layer group static INT8 with `spec` alone, scored on `images`; most harmful first."""
     model = onnx.load(str(fp32), load_external_data=False)
-    nodes, op_type = quantizable_nodes(model, spec), {n.name: n.op_type for n in model.graph.node}
+    groups, op_type = quantizable_groups(model, spec), {n.name: n.op_type for n in model.graph.node}
     del model
     reference = logits_of(fp32, images, pre, size, batch)
     correct = reference.argmax(1) == images.labels
@@ -70,12 +89,12 @@ def layer_sensitivity(
         infer_types(fp32, typed)
         op_types = [t for t in spec.op_types if t not in spec.exclude_op_types]
         save_tensors_data(calibrate(typed, spec, op_types, calibration), ranges)
-        for node in nodes:
-            quantize_with_ranges(typed, one, spec, ranges, excluded=[], only=[node])
+        for nodes in groups:
+            quantize_with_ranges(typed, one, spec, ranges, excluded=[], only=list(nodes))
             out = logits_of(one, images, pre, size, batch)
             drop = 100 * (correct.mean() - (out.argmax(1) == images.labels).mean())
             agreement = float((out.argmax(1) == reference.argmax(1)).mean())
             error = float(np.abs(out - reference).mean())
-            found.append(LayerSensitivity(node, op_type[node], round(float(drop), 2), error, agreement))
-            advance(node)
-    return sorted(found, key=lambda s: (-s.logit_error, s.node))
+            found.append(LayerSensitivity(group_label(nodes), nodes, op_type[nodes[0]], round(float(drop), 2), error, agreement))
+            advance(nodes[0])
+    return sorted(found, key=lambda s: (-s.logit_error, s.group))

@@ -209,12 +209,13 @@ def build_one(recipe: Recipe, recipe_path: Path, candidate: Candidate, holdout: 
     return t
 
 
-FALLBACK_COUNTS = (1, 2, 4)  # most sensitive layers kept in float, one candidate each
+FALLBACK_COUNTS = (1, 2, 4, 8)  # most sensitive layer groups kept in float, one candidate each
 SENSITIVITY_IMAGES = 500
 
 
 def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettings, holdout: int) -> list[Candidate]:
-    """Static INT8 with its 1, 2 and 4 most harmful layers in float, if static INT8 is over budget."""
+    """Static INT8 with its 1, 2, 4 and 8 most harmful layer groups in float, if static INT8 is
+    over budget (a group: the layers reading one input, which ONNX Runtime quantizes once)."""
     fp32 = next((t for t in tried if t.candidate.is_float and t.top1 is not None), None)
     static = next((t for t in tried if t.candidate.name == "static" and t.fp32_file), None)
     if fp32 is None or static is None or fp32.top1 - static.top1 <= settings.max_drop:
@@ -225,15 +226,15 @@ def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettin
     return [
         Candidate(
             f"static-fallback{k}",
-            f"static INT8 with its {k} most sensitive layer{'s' if k > 1 else ''} kept in float",
-            base | {"exclude_nodes": sorted(set(base.get("exclude_nodes", [])) | set(ranking[:k]))},
+            f"static INT8 with its {k} most sensitive layer group{'s' if k > 1 else ''} kept in float",
+            base | {"exclude_nodes": sorted(set(base.get("exclude_nodes", [])).union(*ranking[:k]))},
         )
         for k in FALLBACK_COUNTS
         if k < len(ranking)
     ]
 
 
-def sensitivity_ranking(r: Recipe, fp32: Path) -> list[str]:
+def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
     """Layers of `fp32` (a static candidate's float file), most harmful in INT8 first, scored on
     held-out images; kept beside it and reused while the file is unchanged."""
     import json
@@ -250,8 +251,8 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[str]:
     digest = sha256_file(fp32)
     if saved.is_file():
         old = json.loads(saved.read_text())
-        if old.get("sha256") == digest:
-            return [row["node"] for row in old["layers"]]
+        if old.get("sha256") == digest and old.get("layers") and "nodes" in old["layers"][0]:
+            return [tuple(row["nodes"]) for row in old["layers"]]
     import onnx
 
     pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
@@ -260,7 +261,7 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[str]:
     images = load_split(r.data, VALIDATION, decode_size(r)).subset(SENSITIVITY_IMAGES, seed=3)
     found = layer_sensitivity(fp32, r.quantize, reader, images, pre, size)
     write_json_atomic(saved, {"sha256": digest, "layers": [s.as_dict() for s in found]})
-    return [s.node for s in found]
+    return [s.nodes for s in found]
 
 
 def reuse_manifest(r: Recipe) -> dict | None:
