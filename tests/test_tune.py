@@ -133,3 +133,15 @@ def test_tune_chooses_writes_a_recipe_that_rebuilds_the_winner_and_reuses_its_wo
     assert again.exit_code == 0, again.output[-3000:]
     assert time.perf_counter() - start < first / 2  # every candidate and its timing reused
     assert again.output.count("reusing the earlier build") >= len(report["candidates"])
+
+
+def test_an_openvino_target_keeps_candidates_portable_and_scores_them_there(tmp_path: Path) -> None:
+    from vitdeploy.recipe.schema import ModelSpec, Recipe
+    from vitdeploy.tune.search import candidate_recipe, scoring_runtime
+
+    recipe = Recipe(name="r", model=ModelSpec(name="vit_tiny_patch16_224"), output={"dir": tmp_path})
+    static = candidates(recipe)[2]
+    assert candidate_recipe(recipe, static, 100).runtimes == ["onnxruntime"]
+    portable = candidate_recipe(recipe, static, 100, ("cpu", "openvino"))
+    assert portable.runtimes == ["onnxruntime", "openvino"] and scoring_runtime(("cpu", "openvino")) == "openvino"
+    assert portable.data.eval_split == VALIDATION and portable.data.holdout == 100 and not portable.evaluate.torch

@@ -98,18 +98,31 @@ def tune_folder(recipe: Recipe) -> Path:
     return recipe.output.dir / ".tune" / recipe.artifact_name
 
 
-def candidate_recipe(recipe: Recipe, candidate: Candidate, holdout: int) -> Recipe:
+def openvino_targets(providers: tuple[str, ...]) -> list[str]:
+    from vitdeploy.core.providers import get_provider
+
+    return [p for p in providers if get_provider(p).runtime == "openvino"]
+
+
+def scoring_runtime(providers: tuple[str, ...]) -> str:
+    """Where candidates are scored: OpenVINO computes its own way, so an OpenVINO target is
+    scored there; ONNX Runtime's providers all compute the CPU's function."""
+    return next(iter(openvino_targets(providers)), "onnxruntime")
+
+
+def candidate_recipe(recipe: Recipe, candidate: Candidate, holdout: int, providers: tuple[str, ...] = ("cpu",)) -> Recipe:
     """The recipe with the candidate's quantization, scored on the held-out training images.
 
     The accuracy gate is the search's business, not the build's; the PyTorch model is not scored
-    (its ONNX FP32 file is the baseline every candidate is compared with)."""
+    (its ONNX FP32 file is the baseline every candidate is compared with). For OpenVINO targets
+    the graphs stay standard ONNX and every candidate is checked on them too."""
     data = recipe.model_dump()
     data["name"] = f"{recipe.artifact_name}.{candidate.name}"
     data["data"] |= {"holdout": holdout, "eval_split": VALIDATION}
     data["evaluate"] |= {"samples": None, "torch": False}
     data["quantize"] = candidate.quantize
     data["output"] = {"dir": tune_folder(recipe), "name": None}
-    data["runtimes"] = ["onnxruntime"]
+    data["runtimes"] = ["onnxruntime", *openvino_targets(providers)]
     return Recipe.model_validate(data)
 
 
@@ -138,7 +151,7 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     within = [t for t in tried if not t.candidate.is_float and t.drop is not None and t.drop <= settings.max_drop]
     measure_speeds(baseline, within, settings, folder, earlier)
     winner = choose(tried, baseline, settings)
-    tuned = write_tuned_recipe(recipe, recipe_path, winner, holdout)
+    tuned = write_tuned_recipe(recipe, recipe_path, winner, holdout, settings.providers)
     report = {
         "recipe": str(recipe_path),
         "max_drop": settings.max_drop,
@@ -151,7 +164,7 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
         "search_s": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(report_path, report)
-    report["test"] = build_tuned(tuned, device)
+    report["test"] = build_tuned(tuned, device, scoring_runtime(settings.providers))
     report["total_s"] = round(time.perf_counter() - started, 1)
     write_json_atomic(report_path, report)
     return report
@@ -183,17 +196,19 @@ def build_candidates(
             console.print(f"[yellow]--minutes {settings.minutes:g} spent: {len(queue) - i} candidates not built")
             break
         console.rule(f"[bold]tune: candidate {i + 1}/{len(queue)}: {candidate.name}")
-        tried.append(build_one(recipe, recipe_path, candidate, holdout, device))
+        tried.append(build_one(recipe, recipe_path, candidate, holdout, device, settings.providers))
         if len(tried) == len(queue) and not fallbacks_added:
             fallbacks_added = True
             queue += fallback_candidates(recipe, tried, settings, holdout)
     return tried
 
 
-def build_one(recipe: Recipe, recipe_path: Path, candidate: Candidate, holdout: int, device: Any) -> Tried:
+def build_one(
+    recipe: Recipe, recipe_path: Path, candidate: Candidate, holdout: int, device: Any, providers: tuple[str, ...]
+) -> Tried:
     from vitdeploy.build.pipeline import build
 
-    r = candidate_recipe(recipe, candidate, holdout)
+    r = candidate_recipe(recipe, candidate, holdout, providers)
     t = Tried(candidate, r.artifact_name)
     try:
         manifest = reuse_manifest(r) or build(r, recipe_path, device)
@@ -201,8 +216,7 @@ def build_one(recipe: Recipe, recipe_path: Path, candidate: Candidate, holdout: 
         t.error, t.verdict = str(err), f"failed: {err}"
         return t
     record = manifest["artifacts"]["onnx"]
-    top1 = manifest["evaluate"]["top1"]
-    t.top1 = round(100 * top1.get("onnx_int8", top1["onnx_fp32"]), 2)
+    t.top1 = round(100 * manifest["runtimes"][scoring_runtime(providers)]["top1"], 2)
     t.file, t.sha256, t.bytes = str(r.output.dir / record["file"]), record["sha256"], record["bytes"]
     if "fp32_onnx" in manifest["artifacts"]:
         t.fp32_file = str(r.output.dir / manifest["artifacts"]["fp32_onnx"]["file"])
@@ -221,7 +235,7 @@ def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettin
     if fp32 is None or static is None or fp32.top1 - static.top1 <= settings.max_drop:
         return []
     console.rule("[bold]tune: static INT8 is over budget: which layers lose it (each quantized alone)")
-    ranking = sensitivity_ranking(candidate_recipe(recipe, static.candidate, holdout), Path(static.fp32_file))
+    ranking = sensitivity_ranking(candidate_recipe(recipe, static.candidate, holdout, settings.providers), Path(static.fp32_file))
     base = static.candidate.quantize
     return [
         Candidate(
@@ -368,7 +382,7 @@ def choose(tried: list[Tried], baseline: Tried, settings: TuneSettings) -> Tried
     return winner
 
 
-def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout: int) -> Path:
+def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout: int, providers: tuple[str, ...]) -> Path:
     """`<name>.tuned.yaml` beside the recipe: the recipe as written, with the winner's
     quantization (relative paths in it stay valid)."""
     from vitdeploy.core.storage import atomic_path
@@ -384,6 +398,8 @@ def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout
         f"held-out training images, {speed} against FP32"
     )
     data["quantize"] = winner.candidate.quantize
+    if openvino_targets(providers):  # the graph the candidate was: standard operators, checked there
+        data["runtimes"] = ["onnxruntime", *openvino_targets(providers)]
     target = recipe_path.with_name(f"{recipe.name}.tuned.yaml")
     with atomic_path(target) as tmp:
         tmp.write_text(
@@ -393,8 +409,9 @@ def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout
     return target
 
 
-def build_tuned(tuned: Path, device: Any) -> dict:
-    """Build the tuned recipe (scored on the test split); its drop and artifact."""
+def build_tuned(tuned: Path, device: Any, runtime: str) -> dict:
+    """Build the tuned recipe (scored on the test split); its drop and artifact. `runtime`: where
+    its top-1 counts (FP32's is ONNX Runtime's)."""
     from vitdeploy.build.pipeline import build
     from vitdeploy.recipe.schema import load_recipe
 
@@ -402,7 +419,7 @@ def build_tuned(tuned: Path, device: Any) -> dict:
     r = load_recipe(tuned)
     manifest = reuse_manifest(r) or build(r, tuned.resolve(), device)
     top1 = manifest["evaluate"]["top1"]
-    final = top1.get("onnx_int8", top1["onnx_fp32"])
+    final = manifest["runtimes"][runtime]["top1"]
     return {
         "artifact": str(r.output.dir / manifest["artifacts"]["onnx"]["file"]),
         "test_top1_fp32": round(100 * top1["onnx_fp32"], 2),
