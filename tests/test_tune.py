@@ -15,7 +15,7 @@ from vitdeploy.cli import app
 from vitdeploy.data.datasets import VALIDATION, ImageSet, load_split
 from vitdeploy.recipe.schema import DataSpec, QuantizeSpec, load_recipe
 from vitdeploy.tune.search import Speed, Tried, TuneSettings, choose
-from vitdeploy.tune.space import Candidate, candidates
+from vitdeploy.tune.space import Candidate, candidates, student_candidates
 
 from .conftest import TINY_OVERRIDES
 
@@ -145,3 +145,29 @@ def test_an_openvino_target_keeps_candidates_portable_and_scores_them_there(tmp_
     portable = candidate_recipe(recipe, static, 100, ("cpu", "openvino"))
     assert portable.runtimes == ["onnxruntime", "openvino"] and scoring_runtime(("cpu", "openvino")) == "openvino"
     assert portable.data.eval_split == VALIDATION and portable.data.holdout == 100 and not portable.evaluate.torch
+
+
+def test_a_pruned_student_in_float_can_win_when_it_is_faster_within_budget() -> None:
+    fp32 = tried("fp32", 0.0)
+    student = Tried(Candidate("pruned.fp32", "pruned", {"mode": "none"}, source=Path("pruned.yaml")), "pruned.fp32", 79.8, 0.2)
+    student.speeds = [Speed("cpu", 1, 1.3, 1.3, 1.3, 100.0, "now"), Speed("cpu", 16, 1.2, 1.2, 1.2, 100.0, "now")]
+    assert choose([fp32, student, tried("a", 0.1, 1.0, 1.1)], fp32, SETTINGS) is student
+
+
+def test_a_student_candidate_keeps_its_stages_and_reads_the_tuned_recipe_s_images(tmp_path: Path) -> None:
+    from vitdeploy.tune.search import candidate_recipe
+
+    base = {"model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES}, "output": {"dir": str(tmp_path)}}
+    main = tmp_path / "main.yaml"
+    main.write_text(yaml.safe_dump(base | {"name": "main"}))
+    pruned = tmp_path / "pruned.yaml"
+    pruned.write_text(yaml.safe_dump(base | {"name": "pruned", "stages": [{"stage": "prune", "ratio": 0.1}]}))
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(yaml.safe_dump(base | {"name": "elsewhere", "data": {"dataset": "photos", "source": str(tmp_path)}}))
+    recipe = load_recipe(main)
+    c = next(c for c in student_candidates(load_recipe(pruned), pruned) if c.name == "pruned.static")
+    r = candidate_recipe(recipe, c, 100)
+    assert r.name == "main.pruned.static" and [s.stage for s in r.stages] == ["prune"]
+    assert r.data.holdout == 100 and r.data.eval_split == VALIDATION and r.quantize.mode == "static"
+    with pytest.raises(Exception, match="same held-out images"):
+        candidate_recipe(recipe, next(iter(student_candidates(load_recipe(elsewhere), elsewhere))), 100)

@@ -172,12 +172,16 @@ def tune(
     rounds: Annotated[int, typer.Option(min=1, help="paired rounds per timed cell")] = 3,
     duration: Annotated[float, typer.Option(min=0.1, help="seconds of timed runs per cell and round")] = 1.0,
     remeasure: Annotated[bool, typer.Option("--remeasure", help="time again what an earlier tune timed")] = False,
+    students: Annotated[
+        str, typer.Option("--candidates", help="comma list of recipes of structured students (pruned, distilled) to search too")
+    ] = "",
     device: Annotated[str, typer.Option(help="device for builds: cpu, cuda, cuda:N or auto")] = "auto",
 ) -> None:
-    """Build quantization candidates of a recipe, score them on held-out training images, time
-    them against FP32 on this machine, and write `<name>.tuned.yaml` for the fastest within the
-    budget (FP32 itself when no INT8 candidate is faster here); then build it and score it on the
-    test split. A second tune of the recipe reuses the candidates built and timed by the first."""
+    """Build quantization candidates of a recipe (and of the students given with --candidates),
+    score them on held-out training images, time them against FP32 on this machine, and write
+    `<name>.tuned.yaml` for the fastest within the budget (FP32 itself when nothing is faster
+    here); then build it and score it on the test split. A second tune of the recipe reuses the
+    candidates built and timed by the first."""
     from vitdeploy.torch.stages import resolve_device
     from vitdeploy.tune.search import TuneSettings
     from vitdeploy.tune.search import tune as run_tune
@@ -189,8 +193,11 @@ def tune(
         raise UserError(f"--batch {batch!r}: expected a comma list of integers") from None
     if min(batches) < 1:
         raise UserError("--batch: sizes must be >= 1")
+    student_paths = tuple(Path(p.strip()).resolve() for p in students.split(",") if p.strip())
+    for path in student_paths:
+        _validate(path)  # a broken student recipe is named before any work
     settings = TuneSettings(
-        max_drop, provider_list(provider), batches, threads, minutes, holdout, rounds, duration, remeasure
+        max_drop, provider_list(provider), batches, threads, minutes, holdout, rounds, duration, remeasure, student_paths
     )  # fmt: skip
     with interrupt_on_sigterm():
         report = run_tune(r, recipe.resolve(), settings, resolve_device(device))

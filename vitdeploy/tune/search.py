@@ -24,7 +24,7 @@ from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, write_json_atomic
 from vitdeploy.data.datasets import VALIDATION
 from vitdeploy.recipe.schema import Recipe
-from vitdeploy.tune.space import Candidate, candidates
+from vitdeploy.tune.space import Candidate, candidates, student_candidates
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class TuneSettings:
     rounds: int = 3
     duration_s: float = 1.0
     remeasure: bool = False  # time every candidate again, even those timed by an earlier tune
+    students: tuple[Path, ...] = ()  # recipes of structured students (pruned, distilled) searched too
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Tried:
 
     def speedup(self) -> float:
         """Geometric mean over the measured cells (1.0 for the float baseline)."""
-        if self.candidate.is_float or not self.speeds:
+        if not self.speeds:  # the baseline
             return 1.0
         return math.exp(statistics.fmean(math.log(s.speedup) for s in self.speeds))
 
@@ -116,7 +117,8 @@ def candidate_recipe(recipe: Recipe, candidate: Candidate, holdout: int, provide
     The accuracy gate is the search's business, not the build's; the PyTorch model is not scored
     (its ONNX FP32 file is the baseline every candidate is compared with). For OpenVINO targets
     the graphs stay standard ONNX and every candidate is checked on them too."""
-    data = recipe.model_dump()
+    data = (load_student(recipe, candidate.source) if candidate.source else recipe).model_dump()
+    data["data"] = recipe.data.model_dump()  # the same images for every candidate
     data["name"] = f"{recipe.artifact_name}.{candidate.name}"
     data["data"] |= {"holdout": holdout, "eval_split": VALIDATION}
     data["evaluate"] |= {"samples": None, "torch": False}
@@ -142,13 +144,13 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     earlier = read_earlier(report_path)
     holdout = holdout_size(recipe, settings.holdout)
     tried = build_candidates(recipe, recipe_path, settings, holdout, device, started)
-    baseline = next((t for t in tried if t.candidate.is_float and t.top1 is not None), None)
+    baseline = next((t for t in tried if is_baseline(t.candidate) and t.top1 is not None), None)
     if baseline is None:
         raise BuildError(f"the FP32 candidate did not build: {tried[0].error}; nothing to compare with")
     for t in tried:
         if t.top1 is not None:
             t.drop = round(baseline.top1 - t.top1, 2)
-    within = [t for t in tried if not t.candidate.is_float and t.drop is not None and t.drop <= settings.max_drop]
+    within = [t for t in tried if t is not baseline and t.drop is not None and t.drop <= settings.max_drop]
     measure_speeds(baseline, within, settings, folder, earlier)
     winner = choose(tried, baseline, settings)
     tuned = write_tuned_recipe(recipe, recipe_path, winner, holdout, settings.providers)
@@ -190,6 +192,8 @@ def build_candidates(
     """Build the search space; when static INT8 loses more than the budget, also static INT8
     with its most sensitive layers kept in float (ranked by `sensitivity`)."""
     queue, tried, fallbacks_added = candidates(recipe), [], False
+    for path in settings.students:
+        queue += student_candidates(load_student(recipe, path), path)
     while len(tried) < len(queue):
         i, candidate = len(tried), queue[len(tried)]
         if settings.minutes is not None and i > 1 and time.perf_counter() - started > 60 * settings.minutes:
@@ -201,6 +205,23 @@ def build_candidates(
             fallbacks_added = True
             queue += fallback_candidates(recipe, tried, settings, holdout)
     return tried
+
+
+def is_baseline(c: Candidate) -> bool:
+    return c.is_float and c.source is None
+
+
+def load_student(recipe: Recipe, path: Path) -> Recipe:
+    """A student's recipe, refused unless it reads the same images as the recipe tuned."""
+    from vitdeploy.recipe.schema import load_recipe
+
+    student = load_recipe(path)
+    if (student.data.dataset, student.data.source) != (recipe.data.dataset, recipe.data.source):
+        raise UserError(
+            f"--candidates {path}: its data ({student.data.dataset}) is not {recipe.artifact_name}'s "
+            f"({recipe.data.dataset}); candidates are compared on the same held-out images"
+        )
+    return student
 
 
 def build_one(
@@ -230,8 +251,8 @@ SENSITIVITY_IMAGES = 500
 def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettings, holdout: int) -> list[Candidate]:
     """Static INT8 with its 1, 2, 4 and 8 most harmful layer groups in float, if static INT8 is
     over budget (a group: the layers reading one input, which ONNX Runtime quantizes once)."""
-    fp32 = next((t for t in tried if t.candidate.is_float and t.top1 is not None), None)
-    static = next((t for t in tried if t.candidate.name == "static" and t.fp32_file), None)
+    fp32 = next((t for t in tried if is_baseline(t.candidate) and t.top1 is not None), None)
+    static = next((t for t in tried if t.candidate.name == "static" and t.candidate.source is None and t.fp32_file), None)
     if fp32 is None or static is None or fp32.top1 - static.top1 <= settings.max_drop:
         return []
     console.rule("[bold]tune: static INT8 is over budget: which layers lose it (each quantized alone)")
@@ -353,8 +374,8 @@ def choose(tried: list[Tried], baseline: Tried, settings: TuneSettings) -> Tried
     at batch 1 (2-core Intel Xeon) five such variants measured 0.98x to 1.02x."""
     eligible = []
     for t in tried:
-        if t.candidate.is_float or t.error:
-            t.verdict = t.verdict or ("the baseline" if t.candidate.is_float else f"failed: {t.error}")
+        if t is baseline or t.error:
+            t.verdict = t.verdict or ("the baseline" if t is baseline else f"failed: {t.error}")
             continue
         if t.drop is None or t.drop > settings.max_drop:
             t.verdict = f"over budget: {t.drop:.2f} points lost > {settings.max_drop:g}"
@@ -388,10 +409,10 @@ def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout
     from vitdeploy.core.storage import atomic_path
     from vitdeploy.recipe.schema import read_recipe_data
 
-    data = read_recipe_data(recipe_path)
+    source = winner.candidate.source or recipe_path  # its relative paths hold beside it
+    data = read_recipe_data(source)
     data["name"] = f"{recipe.name}.tuned"  # a recipe is named as its file
-    if recipe.output.name:  # the original's artifact would be overwritten
-        data["output"]["name"] = f"{recipe.output.name}.tuned"
+    data.get("output", {}).pop("name", None)  # the artifact is named after the tuned recipe
     speed = ", ".join(f"{s.speedup:.2f}x at {s.cell}" for s in winner.speeds) or "float"
     data["description"] = (
         f"{recipe.name} tuned: {winner.candidate.idea}; top-1 {-winner.drop:+.2f} points against FP32 on {holdout} "
@@ -400,7 +421,7 @@ def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout
     data["quantize"] = winner.candidate.quantize
     if openvino_targets(providers):  # the graph the candidate was: standard operators, checked there
         data["runtimes"] = ["onnxruntime", *openvino_targets(providers)]
-    target = recipe_path.with_name(f"{recipe.name}.tuned.yaml")
+    target = source.with_name(f"{recipe.name}.tuned.yaml")
     with atomic_path(target) as tmp:
         tmp.write_text(
             "# Written by `vitdeploy tune`: rebuild with `vitdeploy build` (the test split scores it).\n"

@@ -8,7 +8,8 @@ wins depends on the model and the machine, so each is built, scored and timed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from vitdeploy.recipe.schema import QuantizeSpec, Recipe
@@ -20,11 +21,14 @@ DEFAULT_CALIBRATION = {"method": "minmax", "samples": 256}
 
 @dataclass(frozen=True)
 class Candidate:
-    """One setting to build: `quantize` replaces the recipe's quantize section."""
+    """One setting to build: `quantize` replaces the recipe's quantize section; `source` is the
+    recipe whose model and stages it starts from (a pruned or distilled student), or None for
+    the recipe being tuned."""
 
     name: str
     idea: str
     quantize: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
 
     @property
     def is_float(self) -> bool:
@@ -74,3 +78,10 @@ def candidates(recipe: Recipe, smooth_alphas: tuple[float, ...] = (0.5, 0.8)) ->
     for c in found:
         QuantizeSpec(**c.quantize)  # every candidate is a valid recipe section
     return found
+
+
+def student_candidates(student: Recipe, path: Path) -> list[Candidate]:
+    """The same settings on a student's model (its own stages), named after the student."""
+    return [
+        replace(c, name=f"{student.name}.{c.name}", idea=f"{student.name}: {c.idea}", source=path) for c in candidates(student)
+    ]
