@@ -430,3 +430,6 @@ def test_int8_no_faster_than_its_fp32_file_is_warned_about_and_faster_int8_is_no
     add_ratios(results, "m.fp32.onnx")
     warnings = bench.int8_no_faster(results)
     assert len(warnings) == 1 and "m.onnx (INT8) runs no faster than m.fp32.onnx on cpu at batch 1 (0.96x)" in warnings[0]
+    peer = Result("p.onnx", "cpu", 1, 1, throughput=100.0, int8_share=0.9, extra={"round_series": [100.0, 100.0, 100.0]})
+    add_ratios([peer, slow], "p.onnx")  # against another INT8 model: slower, but FP32 is no answer
+    assert bench.int8_no_faster([peer, slow]) == []

@@ -373,9 +373,10 @@ def int8_no_faster(results: list[Result]) -> list[str]:
     reference teacher's static INT8 measured 1.25x FP32 at batch 1 on one machine and 0.96x on
     another. Shipping it there would make the device slower and less accurate."""
     warnings = []
+    float_models = {r.model for r in results if r.int8_share == 0 and not r.error}
     for r in results:
         speedup, base = r.extra.get("speedup"), r.extra.get("baseline")
-        if r.error or speedup is None or base == r.model or r.int8_share <= 0 or speedup > 1.0:
+        if r.error or speedup is None or base not in float_models or r.int8_share <= 0 or speedup > 1.0:
             continue
         warnings.append(
             f"{r.model} (INT8) runs no faster than {base} on {r.provider} at batch {r.batch} ({speedup:.2f}x): "
