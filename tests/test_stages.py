@@ -149,3 +149,19 @@ def test_epochs_within_a_budget() -> None:
     from vitdeploy.torch.stages.loop import epochs_within
 
     assert epochs_within(600, 59, 200) == 10 and epochs_within(600, 1, 200) == 200 and epochs_within(1, 60, 200) == 1
+
+
+def test_a_recipe_reuses_the_stages_another_recipe_finished_with_the_same_key(cifar10: Path, tmp_path: Path) -> None:
+    prune = {"stage": "prune", "head_ratio": 0.34, "samples": 32, "importance": "l1"}
+    finetune = {"stage": "finetune", "epochs": 1, "train_samples": 64, "eval_samples": 32, "warmup_epochs": 0}
+    first = parse_recipe(recipe_dict(tmp_path, [prune, finetune]))
+    model, _ = run_stages(first, torch.device("cpu"))
+    # the same model and stages, quantized otherwise: another artifact, the same stage outputs
+    second = parse_recipe(recipe_dict(tmp_path, [prune, finetune]) | {"name": "other", "quantize": {"mode": "dynamic"}})
+    again, reports = run_stages(second, torch.device("cpu"))
+    assert all(r["cached"] for r in reports)
+    torch.testing.assert_close(again(torch.ones(1, 3, 32, 32)), model(torch.ones(1, 3, 32, 32)))
+    # another stage setting is another key: trained, not taken from the sibling
+    third = parse_recipe(recipe_dict(tmp_path, [prune | {"head_ratio": 0.5}]) | {"name": "third"})
+    _, reports = run_stages(third, torch.device("cpu"))
+    assert not any(r["cached"] for r in reports)

@@ -118,10 +118,11 @@ def run_stages(
     for i, (cfg, key) in enumerate(zip(recipe.stages, keys[1:], strict=True)):
         folder = work_dir(recipe) / f"{i}-{cfg.stage}-{key}"
         weights, report_file = folder / "model.safetensors", folder / "report.json"
-        cached = weights.is_file() and report_file.is_file()
-        if cached:
-            console.print(f"[cyan]stage {i} {cfg.stage}: reusing {weights}")
-            model, report = load_model(weights), json.loads(report_file.read_text())
+        done = finished_stage(recipe, folder.name)
+        cached = done is not None
+        if done is not None:
+            console.print(f"[cyan]stage {i} {cfg.stage}: reusing {done[0]}")
+            model, report = done
         else:
             console.rule(f"stage {i}: {cfg.stage}")
             ctx = StageContext(
@@ -136,6 +137,25 @@ def run_stages(
         )
     model.vitdeploy_transfer = transfer
     return model.to(device).eval(), reports
+
+
+def finished_stage(recipe: Recipe, name: str) -> tuple[nn.Module, dict] | None:
+    """The model and report of a finished stage output `name` (its position, stage and key), in
+    this recipe's work folder or, read only, in another recipe's beside it.
+
+    Why: the key covers everything the output depends on, so recipes that differ after their
+    stages (the quantization candidates `tune` builds of one pruned student, say) share it
+    instead of training it again. A folder with both files is complete (the report is written
+    last); one removed while it is read (a `clean` of that recipe) is passed over."""
+    own = work_dir(recipe) / name
+    for folder in [own, *sorted(p for p in (recipe.output.dir / ".work").glob(f"*/{name}") if p != own)]:
+        weights, report = folder / "model.safetensors", folder / "report.json"
+        if weights.is_file() and report.is_file():
+            try:
+                return load_model(weights), json.loads(report.read_text())
+            except (OSError, ValueError):
+                continue
+    return None
 
 
 @dataclass
