@@ -243,7 +243,7 @@ def sensitivity(
     from vitdeploy.data.datasets import DataStore, PreprocessedImages
     from vitdeploy.onnx.graph import read_preprocess
     from vitdeploy.onnx.quantize import ArrayCalibrationReader
-    from vitdeploy.onnx.sensitivity import layer_sensitivity, quantizable_groups
+    from vitdeploy.onnx.sensitivity import calibration_batch_for, layer_sensitivity, quantizable_groups
     from vitdeploy.recipe.schema import QuantizeSpec
 
     if not model.is_file():
@@ -260,8 +260,7 @@ def sensitivity(
     name, _, split = data.partition(":")
     rest, scored = DataStore().load(name, split or "train").hold_out(images, seed=7)
     cal = rest.subset(calibration, seed=2)
-    batch = 1 if (size or 0) >= 128 else 32  # 224x224: ORT's calibration keeps a batch's tensors alive
-    reader = ArrayCalibrationReader(input_name, PreprocessedImages(cal.images, pre, size), batch)
+    reader = ArrayCalibrationReader(input_name, PreprocessedImages(cal.images, pre, size), calibration_batch_for(size))
     with progress_bar(refresh_per_second=1) as bar:
         task = bar.add_task("quantizing one layer group at a time", total=len(groups))
         found = layer_sensitivity(model, spec, reader, scored, pre, size, advance=lambda node: bar.advance(task))

@@ -279,7 +279,7 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
     from vitdeploy.data.datasets import load_split
     from vitdeploy.onnx.graph import read_preprocess
     from vitdeploy.onnx.quantize import ArrayCalibrationReader
-    from vitdeploy.onnx.sensitivity import layer_sensitivity
+    from vitdeploy.onnx.sensitivity import calibration_batch_for, layer_sensitivity
     from vitdeploy.torch.export import INPUT_NAME
 
     saved = fp32.with_name(f"{fp32.name}.sensitivity.json")
@@ -291,8 +291,8 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
     import onnx
 
     pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
-    batch = 32 if (size or 224) < 128 else 1  # 224x224: ORT's calibration keeps a batch's tensors alive
-    reader = ArrayCalibrationReader(INPUT_NAME, calibration_images(r, size), r.quantize.calibration.batch_size or batch)
+    batch = r.quantize.calibration.batch_size or calibration_batch_for(size)
+    reader = ArrayCalibrationReader(INPUT_NAME, calibration_images(r, size), batch)
     images = load_split(r.data, VALIDATION, decode_size(r)).subset(SENSITIVITY_IMAGES, seed=3)
     found = layer_sensitivity(fp32, r.quantize, reader, images, pre, size)
     write_json_atomic(saved, {"sha256": digest, "layers": [s.as_dict() for s in found]})
