@@ -29,11 +29,11 @@ def test_cifar10_archive_decodes_to_the_documented_splits(cifar10: Path) -> None
 
 def test_second_import_reuses_the_cache(cifar10: Path) -> None:
     store = DataStore(cifar10)
-    npz = store.folder("cifar10") / "train.npz"
-    before = npz.stat().st_mtime_ns
+    npy = store.folder("cifar10") / "train.npy"
+    before = npy.stat().st_mtime_ns
     start = time.perf_counter()
     store.import_source("cifar10", CIFAR_ARCHIVE)
-    assert npz.stat().st_mtime_ns == before
+    assert npy.stat().st_mtime_ns == before
     assert time.perf_counter() - start < 5  # hashing 19 MB, no decoding
 
 
@@ -89,7 +89,7 @@ def test_data_get_cli_imports_and_reports_bad_paths(tmp_path: Path) -> None:
     ok = subprocess.run([*cmd, "shapes", "--from", str(tmp_path / "shapes"), "--cache-dir", str(tmp_path / "c")],
                         capture_output=True, text=True, timeout=120)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    assert "train: 6" in ok.stdout and (tmp_path / "c" / "datasets" / "shapes" / "train.npz").is_file()
+    assert "train: 6" in ok.stdout and (tmp_path / "c" / "datasets" / "shapes" / "train.npy").is_file()
     bad = subprocess.run([*cmd, "cifar10", "--from", str(tmp_path / "nope.tar.gz")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -149,5 +149,33 @@ def test_every_undecodable_file_is_named_at_once(tmp_path: Path) -> None:
 
 def test_mixed_sizes_without_a_size_say_which_setting_to_give(tmp_path: Path) -> None:
     make_photo_folder(tmp_path / "photos")
-    with pytest.raises(UserError, match=r"images of different sizes.*data.image_size"):
+    named = r"\(\w+/\d\.\w+: \d+x\d+, \w+/\d\.\w+: \d+x\d+\)"  # two files and their sizes
+    with pytest.raises(UserError, match=rf"images of different sizes {named}.*data.image_size"):
         DataStore(tmp_path / "c").import_source("p", tmp_path / "photos")
+    assert not list((tmp_path / "c" / "datasets" / "p").iterdir())  # nothing half-decoded is left
+
+
+def test_a_split_is_read_from_disk_as_used_not_held_in_memory(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path / "f")
+    spec = DataSpec(dataset="f", source=tmp_path / "f", eval_split="val", cache_dir=tmp_path / "c")
+    val = load_split(spec, "val", size=16)
+    assert isinstance(val.images, np.memmap) and not val.images.flags.writeable
+    assert Path(val.images.filename).name == "val.npy"
+    fresh = DataStore(tmp_path / "fresh").import_source("f", tmp_path / "f", {"train", "val"}, size=16)
+    assert fresh["splits"] == {"train": 6, "val": 4}
+    assert np.array_equal(val.images, DataStore(tmp_path / "fresh").load("f", "val").images)
+    cached = Path(val.images.filename).parent  # nothing else is left there, no staging folder
+    assert sorted(p.name for p in cached.iterdir()) == sorted(
+        ["meta.json", "train.npy", "train.labels.npy", "val.npy", "val.labels.npy"]
+    )
+
+
+def test_a_cache_written_in_the_earlier_format_is_read_then_replaced(cifar10: Path, tmp_path: Path) -> None:
+    old = DataStore(cifar10).load("cifar10", "test").subset(20)
+    folder = tmp_path / "datasets" / "cifar10"
+    folder.mkdir(parents=True)
+    np.savez(folder / "test.npz", images=old.images, labels=old.labels, classes=np.array(old.classes))
+    meta = {"fingerprint": "x", "size": None, "splits": {"test": 20}, "classes": list(old.classes)}
+    (folder / "meta.json").write_text(__import__("json").dumps(meta))
+    again = DataStore(tmp_path).load("cifar10", "test")
+    assert np.array_equal(again.images, old.images) and np.array_equal(again.labels, old.labels)

@@ -3,7 +3,11 @@
 Sources are ImageFolder trees (`root/<split>/<class>/*.jpg|png`), either a directory or an
 archive (.tar, .tar.gz, .tgz, .zip) holding one, possibly under a top folder such as
 `cifar10/`. Decoding 60,000 JPEGs takes about a minute on two cores, so each split is decoded
-once into `<cache>/datasets/<name>/<split>.npz` and reused while the source is unchanged.
+once into `<cache>/datasets/<name>/<split>.npy` and reused while the source is unchanged.
+
+Splits are decoded straight into that file and read back memory-mapped: a split at 224x224
+is 150 KB an image (10,000 images: 1.5 GB), so neither decoding nor evaluation holds a whole
+split in memory; the pages a batch reads are the page cache's to keep or drop.
 
 This module does not import torch: the ONNX runtime path (`vitdeploy bench --data`) uses it.
 """
@@ -14,10 +18,11 @@ import hashlib
 import json
 import os
 import tarfile
+import tempfile
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from PIL import Image
 
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.progress import progress_bar
-from vitdeploy.core.storage import atomic_path, check_writable
+from vitdeploy.core.storage import atomic_path, check_writable, storage_faults
 from vitdeploy.recipe.schema import DataSpec, Preprocess
 from vitdeploy.runtime.imaging import IMAGE_SUFFIXES, RESAMPLE, ImageError, decode, normalize, scale_size
 
@@ -56,13 +61,19 @@ class ImageSet:
 
     def hold_out(self, count: int, seed: int) -> tuple[ImageSet, ImageSet]:
         """(the rest, `count` images set aside): a seeded random choice, disjoint, in order."""
+        chosen = self.held_out_mask(count, seed)
+        return self.where(~chosen), self.where(chosen)
+
+    def held_out_mask(self, count: int, seed: int) -> np.ndarray:
+        """Which images `hold_out` sets aside (reading only the labels: the images may be on disk)."""
         if count >= len(self):
             raise UserError(f"data.holdout ({count}) must leave training images: the train split has {len(self)}")
         chosen = np.zeros(len(self), dtype=bool)
         chosen[np.random.default_rng(seed).permutation(len(self))[:count]] = True
-        return self._where(~chosen), self._where(chosen)
+        return chosen
 
-    def _where(self, mask: np.ndarray) -> ImageSet:
+    def where(self, mask: np.ndarray) -> ImageSet:
+        """The images where `mask` is true, copied into memory."""
         return ImageSet(self.images[mask], self.labels[mask], self.classes)
 
 
@@ -124,10 +135,29 @@ def _iter_members(source: Path) -> Iterator[tuple[str, bytes]]:
         raise UserError(f"{source}: could not be read ({err})") from None
 
 
+Allocate = Callable[[str, tuple[int, ...]], np.ndarray]  # (split, shape) -> the array to decode into
+
+
+def in_memory(split: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.uint8)
+
+
+def file_backed(folder: Path) -> Allocate:
+    """Decode each split into `<folder>/<split>.npy`, so memory holds no whole split."""
+
+    def allocate(split: str, shape: tuple[int, ...]) -> np.ndarray:
+        with storage_faults(folder, f"{split}.npy"):
+            return np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", dtype=np.uint8, shape=shape)
+
+    return allocate
+
+
 HOLDOUT_SHARE, HOLDOUT_SEED = 0.2, 0  # a folder without split folders: 20 % of each class is "test"
 
 
-def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int | None = None) -> dict[str, ImageSet]:
+def decode_imagefolder(
+    source: Path, splits: set[str] | None = None, size: int | None = None, allocate: Allocate = in_memory
+) -> dict[str, ImageSet]:
     """Decode the splits of an ImageFolder folder or archive into arrays.
 
     `<root>/<split>/<class>/<image>`; with `splits` None, every folder two levels above an
@@ -151,7 +181,7 @@ def decode_imagefolder(source: Path, splits: set[str] | None = None, size: int |
         if absent:
             names = ", ".join(absent[:5])
             raise UserError(f"{source}: split '{split}' has no images of class(es) {names}; every class needs images")
-    return decode_groups(source, raw, classes, size)
+    return decode_groups(source, raw, classes, size, allocate)
 
 
 Member = tuple[str, str, bytes]  # (path in the source, class, file bytes)
@@ -194,31 +224,37 @@ def split_single_folder(source: Path, members: list[tuple[str, bytes]], splits: 
     return raw
 
 
-def decode_groups(source: Path, raw: dict[str, list[Member]], classes: tuple[str, ...], size: int | None) -> dict[str, ImageSet]:
-    """Decode every split; all undecodable files are named at once, not just the first."""
+def decode_groups(
+    source: Path, raw: dict[str, list[Member]], classes: tuple[str, ...], size: int | None, allocate: Allocate = in_memory
+) -> dict[str, ImageSet]:
+    """Decode every split into the array `allocate` gives it (sized by the first image);
+    all undecodable files are named at once, not just the first."""
     index = {c: i for i, c in enumerate(classes)}
     failed: list[str] = []
     out: dict[str, ImageSet] = {}
     with progress_bar() as bar:
         task = bar.add_task(f"decoding {source.name}", total=sum(len(v) for v in raw.values()))
         for split, items in raw.items():
-            images = []
-            for member, _, data in items:
+            images: np.ndarray | None = None
+            for i, (member, _, data) in enumerate(items):
+                bar.advance(task)
                 try:
-                    images.append(decode(data, size))
+                    image = decode(data, size)
                 except ImageError as err:
                     failed.append(f"{member}: {err}")
-                bar.advance(task)
-            if failed:
-                continue
-            shapes = {im.shape for im in images}
-            if len(shapes) > 1:
-                raise UserError(
-                    f"{source}: images of different sizes {sorted(shapes)[:3]}; give a size "
-                    "(data.image_size in a recipe; a build decodes to the model's input size)"
-                )
-            labels = np.array([index[cls] for _, cls, _ in items], dtype=np.int64)
-            out[split] = ImageSet(np.stack(images), labels, classes)
+                    continue
+                if images is None:
+                    images, first = allocate(split, (len(items), *image.shape)), member
+                elif image.shape != images.shape[1:]:
+                    raise UserError(
+                        f"{source}: images of different sizes ({first}: {images.shape[2]}x{images.shape[1]}, "
+                        f"{member}: {image.shape[1]}x{image.shape[0]}); give a size "
+                        "(data.image_size in a recipe; a build decodes to the model's input size)"
+                    )
+                images[i] = image
+            if not failed and images is not None:
+                labels = np.array([index[cls] for _, cls, _ in items], dtype=np.int64)
+                out[split] = ImageSet(images, labels, classes)
     if failed:
         shown = "; ".join(failed[:10]) + (f"; and {len(failed) - 10} more" if len(failed) > 10 else "")
         raise UserError(f"{source}: {len(failed)} file(s) could not be decoded as images: {shown}; remove or replace them")
@@ -246,6 +282,9 @@ def decode_cifar10_binary(archive: Path) -> dict[str, ImageSet]:
 # ---------------------------------------------------------------- the cache
 
 
+CACHE_FORMAT = 2  # 2: <split>.npy memory-mapped + <split>.labels.npy; 1: <split>.npz read whole
+
+
 class DataStore:
     """Decoded datasets under `<root>/datasets/<name>/`, with a meta.json of their source."""
 
@@ -265,44 +304,65 @@ class DataStore:
             raise UserError(f"{source}: no such file or folder")
         fingerprint = source_fingerprint(source)
         meta = self.meta(name)
-        if meta and meta["fingerprint"] == fingerprint and meta.get("size") == size:
+        if meta and meta["fingerprint"] == fingerprint and meta.get("size") == size and meta.get("format") == CACHE_FORMAT:
             return meta
-        check_writable(self.folder(name))  # before decoding: a read-only cache fails at once
-        sets = decode_cifar10_binary(source) if _is_cifar_binary(source) else decode_imagefolder(source, splits, size)
-        return self._write(name, sets, str(source.resolve()), fingerprint, size)
+        folder = self.folder(name)
+        check_writable(folder)  # before decoding: a read-only cache fails at once
+        with storage_faults(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".decoding-", dir=folder) as staging:
+            if _is_cifar_binary(source):
+                sets = decode_cifar10_binary(source)
+            else:
+                sets = decode_imagefolder(source, splits, size, allocate=file_backed(Path(staging)))
+            return self._write(name, sets, str(source.resolve()), fingerprint, size)
 
     def _write(self, name: str, sets: dict[str, ImageSet], source: str, fingerprint: str, size: int | None) -> dict:
+        """Each split's files renamed (or written) into place, then meta.json, which makes them count."""
         folder = self.folder(name)
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)  # a crash part-way leaves no meta: re-decoded next time
         for split, s in sets.items():
-            with atomic_path(folder / f"{split}.npz") as tmp, tmp.open("wb") as f:
-                np.savez(f, images=s.images, labels=s.labels, classes=np.array(s.classes))
+            with storage_faults(folder, f"{split}.npy"):
+                for array, target in ((s.images, folder / f"{split}.npy"), (s.labels, folder / f"{split}.labels.npy")):
+                    if isinstance(array, np.memmap) and Path(array.filename).parent != folder:
+                        array.flush()
+                        os.replace(array.filename, target)
+                    else:
+                        with atomic_path(target) as tmp, tmp.open("wb") as f:
+                            np.save(f, array)
+            (folder / f"{split}.npz").unlink(missing_ok=True)  # the earlier format's file
+        first = next(iter(sets.values()))
         meta = {
             "name": name,
             "source": source,
             "fingerprint": fingerprint,
             "size": size,
+            "format": CACHE_FORMAT,
             "splits": {k: len(v) for k, v in sets.items()},
-            "classes": list(next(iter(sets.values())).classes),
-            "image_shape": list(next(iter(sets.values())).images.shape[1:]),
+            "classes": list(first.classes),
+            "image_shape": list(first.images.shape[1:]),
         }
         with atomic_path(folder / "meta.json") as tmp:
             tmp.write_text(json.dumps(meta, indent=2))
         return meta
 
     def load(self, name: str, split: str) -> ImageSet:
-        path = self.folder(name) / f"{split}.npz"
-        if not path.is_file():
-            meta = self.meta(name)
-            if meta is None:
-                where = "" if self.root.parent == default_cache_dir() else f" --cache-dir {self.root.parent}"
-                raise UserError(
-                    f"dataset '{name}' is not in the cache {self.root}; run "
-                    f"`vitdeploy data get {name} --from PATH{where}` (or give data.source in the recipe)"
-                )
+        """A split, its images memory-mapped (read-only): slices are read from disk when used."""
+        meta = self.meta(name)
+        if meta is None:
+            where = "" if self.root.parent == default_cache_dir() else f" --cache-dir {self.root.parent}"
+            raise UserError(
+                f"dataset '{name}' is not in the cache {self.root}; run "
+                f"`vitdeploy data get {name} --from PATH{where}` (or give data.source in the recipe)"
+            )
+        if split not in meta["splits"]:
             raise UserError(f"dataset '{name}' has no split '{split}'; it has {sorted(meta['splits'])}")
-        with np.load(path) as z:
-            return ImageSet(z["images"], z["labels"], tuple(str(c) for c in z["classes"]))
+        folder = self.folder(name)
+        if meta.get("format") != CACHE_FORMAT:  # decoded by an earlier version: read whole
+            with np.load(folder / f"{split}.npz") as z:
+                return ImageSet(z["images"], z["labels"], tuple(str(c) for c in z["classes"]))
+        images = np.load(folder / f"{split}.npy", mmap_mode="r")
+        return ImageSet(images, np.load(folder / f"{split}.labels.npy"), tuple(meta["classes"]))
 
     def download_cifar10(self) -> dict:
         """Fetch the canonical binary CIFAR-10 release (needs internet)."""
@@ -350,8 +410,9 @@ def load_split(spec: DataSpec, split: str, size: int | None = None) -> ImageSet:
         wanted = {spec.train_split, spec.eval_split} - {VALIDATION} | {spec.train_split}
         store.import_source(name, spec.source, wanted, size)
     if spec.holdout and split in (spec.train_split, VALIDATION):
-        kept, held = store.load(name, spec.train_split).hold_out(spec.holdout, seed=HOLDOUT_SPLIT_SEED)
-        return held if split == VALIDATION else kept
+        train = store.load(name, spec.train_split)
+        held = train.held_out_mask(spec.holdout, seed=HOLDOUT_SPLIT_SEED)
+        return train.where(held if split == VALIDATION else ~held)  # only the side asked for is read
     return store.load(name, split)
 
 

@@ -132,7 +132,8 @@ def holdout_size(recipe: Recipe, wanted: int) -> int:
     """`wanted` images, or a fifth of the train split when that is smaller."""
     from vitdeploy.data.datasets import load_split
 
-    train = len(load_split(recipe.data, recipe.data.train_split).labels)
+    whole = recipe.data.model_copy(update={"holdout": None})  # memory-mapped: only the labels are read
+    train = len(load_split(whole, whole.train_split).labels)
     return max(1, min(wanted, train // 5))
 
 

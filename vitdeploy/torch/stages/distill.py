@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -116,7 +117,7 @@ def distill(model: nn.Module, ctx: StageContext, cfg: DistillConfig) -> nn.Modul
     cache_images = None
     if cfg.augment == "none":
         train_set = ctx.split(ctx.recipe.data.train_split).subset(cfg.train_samples, seed=cfg.seed)
-        cache_images = torch.from_numpy(train_set.images).permute(0, 3, 1, 2)
+        cache_images = torch.from_numpy(np.ascontiguousarray(train_set.images.transpose(0, 3, 1, 2)))
     targets = TeacherTargets(teacher, ctx.device, cache_images, ctx.recipe.data.preprocess)
     report = train(model, ctx, cfg, make_loss(cfg, targets), "distill")
     if cfg.mode == "token":

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -335,7 +336,7 @@ def start_run(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, warmup, floor))
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
-    images = torch.from_numpy(train_set.images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
+    images = torch.from_numpy(np.ascontiguousarray(train_set.images.transpose(0, 3, 1, 2)))  # uint8 NCHW, in memory
     labels = torch.from_numpy(train_set.labels)
     if device.type == "cuda":  # the whole uint8 set fits on a GPU; no loader needed
         images, labels = images.to(device), labels.to(device)
