@@ -56,3 +56,45 @@ def test_runtimes_are_validated() -> None:
         parse_recipe(base | {"runtimes": ["tensorflow"]})
     with pytest.raises(RecipeError, match="listed twice"):
         parse_recipe(base | {"runtimes": ["openvino", "openvino"]})
+
+
+def test_nncf_backend_builds_a_checked_standard_int8_file(cifar10: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    recipe = {
+        "name": "by_nncf",
+        "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES | {"patch_size": 4, "embed_dim": 192, "depth": 6,
+                                                                                 "num_heads": 3, "mlp_ratio": 2},
+                  "checkpoint": str(TEACHER)},
+        "quantize": {"mode": "static", "backend": "nncf", "calibration": {"samples": 64}},
+        "evaluate": {"samples": 500, "torch": False},
+        "runtimes": ["onnxruntime", "openvino"],
+        "output": {"dir": str(tmp_path / "out")},
+    }  # fmt: skip
+    path = tmp_path / "by_nncf.yaml"
+    path.write_text(json.dumps(recipe))
+    m = build(load_recipe(path), path, torch.device("cpu"))
+    model = onnx.load(str(tmp_path / "out" / "by_nncf.onnx"))
+    weights = {i.name: i.data_type for i in model.graph.initializer}
+    dequantized = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert sum(weights.get(name) == onnx.TensorProto.INT8 for name in dequantized) >= 24  # 4 Linears x 6 blocks
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    q = m["quantize"]
+    assert q["backend"] == "nncf" and q["calibration"]["images"] == 64 and q["nncf_version"]
+    head = q["excluded_nodes"]  # the classifier stays float, as with ONNX Runtime's quantizer
+    assert head and not any(n.name in head and n.op_type == "DequantizeLinear" for n in model.graph.node)
+    top1 = m["evaluate"]["top1"]
+    assert abs(top1["onnx_int8"] - top1["onnx_fp32"]) <= 0.02
+    for runtime in m["runtimes"].values():
+        assert abs(runtime["top1"] - top1["onnx_fp32"]) <= 0.02
+
+
+def test_nncf_backend_refuses_what_it_would_ignore() -> None:
+    base = {"name": "r", "model": {"name": "vit_tiny_patch16_224"}, "runtimes": ["openvino"]}
+    nncf = {"mode": "static", "backend": "nncf"}
+    with pytest.raises(RecipeError, match=r"calibration.method, per_channel: ONNX Runtime's quantizer options"):
+        parse_recipe(base | {"quantize": nncf | {"per_channel": False, "calibration": {"method": "entropy"}}})
+    with pytest.raises(RecipeError, match="backend nncf quantizes statically"):
+        parse_recipe(base | {"quantize": nncf | {"mode": "dynamic"}})
+    with pytest.raises(RecipeError, match="add openvino to runtimes"):
+        parse_recipe(base | {"quantize": nncf, "runtimes": ["onnxruntime"]})
+    assert parse_recipe(base | {"quantize": nncf | {"calibration": {"samples": 32}}}).quantize.backend == "nncf"

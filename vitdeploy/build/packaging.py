@@ -141,7 +141,7 @@ def quantization_record(manifest: BuildManifest) -> dict[str, Any] | None:
     if q.get("mode", "none") == "none":
         return None
     keys = ("mode", "format", "activation_type", "weight_type", "per_channel", "reduce_range", "reduce_range_reason")
-    return {k: q.get(k) for k in keys}
+    return {k: q.get(k) for k in keys} | {"backend": q.get("backend", "onnxruntime")}
 
 
 def bundle_record(

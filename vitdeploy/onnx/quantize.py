@@ -129,6 +129,13 @@ def quantize_model(
     """Quantize `source` into `target` atomically; return what was done, for the manifest.
 
     `correction_images` (preprocessed, NCHW) feed `spec.bias_correction`."""
+    if spec.backend == "nncf":
+        from vitdeploy.onnx.nncf_quantize import quantize_with_nncf
+
+        if calibration is None:
+            raise ValueError("static quantization needs calibration data")
+        excluded = nodes_to_exclude(onnx.load(str(source)), spec)
+        return quantize_with_nncf(source, target, spec, calibration.images, calibration.input_name, excluded)
     # Shape inference writes two copies of the model (and a little more) without reporting a
     # full disk; measured: 2.2x the FP32 file free is enough.
     needed = 5 * source.stat().st_size // 2
@@ -148,7 +155,7 @@ def quantize_model(
             ) from None
         release_freed_memory()  # shape inference's copies of the graph, before calibration starts
         logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
-        return _quantize(typed, target, spec, calibration, correction_images)
+        return {"backend": "onnxruntime"} | _quantize(typed, target, spec, calibration, correction_images)
 
 
 def infer_types(source: Path, target: Path) -> None:

@@ -335,10 +335,26 @@ class CalibrationSpec(Section):
     )
 
 
+ORT_QUANTIZER_OPTIONS = frozenset({
+    "format", "per_channel", "reduce_range", "activation_type", "weight_type", "op_types", "weights_only_matmul",
+    "quantize_outputs", "exclude_op_types", "store_other_weights_int8", "bias_correction",
+})  # fmt: skip
+ORT_CALIBRATION_OPTIONS = frozenset({"method", "percentile", "batch_size", "minmax_stride_batches"})
+
+
 class QuantizeSpec(Section):
+    added_options: ClassVar[frozenset[str]] = frozenset({"backend"})
+
     mode: Literal["none", "dynamic", "static"]
     """required in a quantize section, so that tuning a field never switches quantization on by itself;
     static: activation scales calibrated once; dynamic: computed per batch at run time; none: FP32 only"""
+    backend: Literal["onnxruntime", "nncf"] = Field(
+        "onnxruntime",
+        description="who places the quantizers. nncf: NNCF's post-training quantization (transformer preset: "
+        "symmetric int8 weights, asymmetric activations, its SmoothQuant and bias correction) on the standard "
+        "ONNX graph; static only, needs `pip install 'vitdeploy[openvino]'` and an OpenVINO runtime in `runtimes`; "
+        "of the options below it reads calibration.samples/split, exclude_nodes, keep_classifier_fp32",
+    )
     format: Literal["qdq", "qoperator"] = "qdq"
     """static only: QuantizeLinear/DequantizeLinear pairs or QLinear* operators"""
     per_channel: bool = True
@@ -396,7 +412,21 @@ class QuantizeSpec(Section):
             static_only -= {"calibration"}  # its images serve smoothing and bias correction in any mode
         if self.mode == "dynamic" and static_only:
             raise ValueError(f"mode is dynamic, so {', '.join(sorted(static_only))} (static only) would be ignored")
+        if self.backend == "nncf":
+            self._check_nncf_options(given)
         return self
+
+    def _check_nncf_options(self, given: set[str]) -> None:
+        if self.mode != "static":
+            raise ValueError(f"backend nncf quantizes statically; mode is {self.mode}")
+        calibration = CalibrationSpec()
+        ort_only = given & ORT_QUANTIZER_OPTIONS | {
+            f"calibration.{f}" for f in ORT_CALIBRATION_OPTIONS if getattr(self.calibration, f) != getattr(calibration, f)
+        }
+        if ort_only:
+            raise ValueError(
+                f"{', '.join(sorted(ort_only))}: ONNX Runtime's quantizer options, which backend nncf does not read; drop them"
+            )
 
 
 class EvaluateSpec(Section):
@@ -440,6 +470,16 @@ class Recipe(Section):
         "Naming one other than onnxruntime keeps the graph to standard ONNX operators (no ONNX Runtime fusions); "
         "openvino-bf16: OpenVINO computing the layers left in float in bfloat16 (checked on a CPU that has it)",
     )
+
+    @model_validator(mode="after")
+    def _nncf_has_a_standard_graph(self) -> Recipe:
+        # NNCF reads standard ONNX operators; naming an OpenVINO runtime keeps the graph to them.
+        if self.quantize.backend == "nncf" and self.runtimes == ["onnxruntime"]:
+            raise ValueError(
+                "quantize.backend nncf needs the standard-operator graph: add openvino to runtimes "
+                "(ONNX Runtime's fused operators are unknown to NNCF)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _calibration_is_held_out(self) -> Recipe:
