@@ -118,9 +118,11 @@ def test_tune_chooses_writes_a_recipe_that_rebuilds_the_winner_and_reuses_its_wo
     assert winner["verdict"].startswith("chosen")
     if report["winner"] != "fp32":
         assert winner["drop"] <= 5 and all(s["speedup"] >= 0.97 for s in winner["speed"])
-    for c in report["candidates"]:
-        if c["drop"] is not None and c["drop"] > 5:
-            assert c["verdict"].startswith("over budget") and not c["speed"]  # over budget: not even timed
+    for c in report["candidates"][1:]:  # every candidate timed, within budget or not: the picture shows them all
+        assert [s["batch"] for s in c["speed"]] == [4] and c["speedup_geomean"] > 0
+        if c["drop"] > 5:
+            assert c["verdict"].startswith("over budget")
+    assert Path(report["picture"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     tuned = load_recipe(tmp_path / "tiny.tuned.yaml")  # a plain recipe, scored on the test split again
     assert tuned.name == "tiny.tuned" and tuned.data.eval_split == "test" and tuned.data.holdout is None
@@ -145,6 +147,9 @@ def test_an_openvino_target_keeps_candidates_portable_and_scores_them_there(tmp_
     portable = candidate_recipe(recipe, static, 100, ("cpu", "openvino"))
     assert portable.runtimes == ["onnxruntime", "openvino"] and scoring_runtime(("cpu", "openvino")) == "openvino"
     assert portable.data.eval_split == VALIDATION and portable.data.holdout == 100 and not portable.evaluate.torch
+    by_nncf = candidates(recipe, nncf=True)[-1]
+    assert by_nncf.name == "nncf" and "nncf" not in {c.name for c in candidates(recipe)}
+    assert candidate_recipe(recipe, by_nncf, 100, ("openvino",)).quantize.backend == "nncf"
 
 
 def test_a_pruned_student_in_float_can_win_when_it_is_faster_within_budget() -> None:

@@ -151,8 +151,8 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     for t in tried:
         if t.top1 is not None:
             t.drop = round(baseline.top1 - t.top1, 2)
-    within = [t for t in tried if t is not baseline and t.drop is not None and t.drop <= settings.max_drop]
-    measure_speeds(baseline, within, settings, folder, earlier)
+    built = [t for t in tried if t is not baseline and t.drop is not None]  # all timed: the front needs them
+    measure_speeds(baseline, built, settings, folder, earlier)
     winner = choose(tried, baseline, settings)
     tuned = write_tuned_recipe(recipe, recipe_path, winner, holdout, settings.providers)
     report = {
@@ -167,10 +167,22 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
         "search_s": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(report_path, report)
+    report["picture"] = draw_front(report, folder / "pareto.png")
     report["test"] = build_tuned(tuned, device, scoring_runtime(settings.providers))
     report["total_s"] = round(time.perf_counter() - started, 1)
     write_json_atomic(report_path, report)
     return report
+
+
+def draw_front(report: dict, target: Path) -> str | None:
+    """The speed/accuracy picture, when matplotlib is installed (the search stands without it)."""
+    from vitdeploy.tune.plot import plot_front
+
+    try:
+        return str(plot_front(report, target))
+    except UserError as err:
+        console.print(f"[yellow]{err}; no picture drawn")
+        return None
 
 
 def read_earlier(path: Path) -> dict:
@@ -192,9 +204,10 @@ def build_candidates(
 ) -> list[Tried]:
     """Build the search space; when static INT8 loses more than the budget, also static INT8
     with its most sensitive layers kept in float (ranked by `sensitivity`)."""
-    queue, tried, fallbacks_added = candidates(recipe), [], False
+    nncf = nncf_applies(settings.providers)
+    queue, tried, fallbacks_added = candidates(recipe, nncf=nncf), [], False
     for path in settings.students:
-        queue += student_candidates(load_student(recipe, path), path)
+        queue += student_candidates(load_student(recipe, path), path, nncf=nncf)
     while len(tried) < len(queue):
         i, candidate = len(tried), queue[len(tried)]
         if settings.minutes is not None and i > 1 and time.perf_counter() - started > 60 * settings.minutes:
@@ -206,6 +219,13 @@ def build_candidates(
             fallbacks_added = True
             queue += fallback_candidates(recipe, tried, settings, holdout)
     return tried
+
+
+def nncf_applies(providers: tuple[str, ...]) -> bool:
+    """NNCF's quantizer is a candidate for OpenVINO targets, when `vitdeploy[openvino]` is installed."""
+    from importlib.util import find_spec
+
+    return bool(openvino_targets(providers)) and find_spec("nncf") is not None
 
 
 def is_baseline(c: Candidate) -> bool:
@@ -320,7 +340,7 @@ def reuse_manifest(r: Recipe) -> dict | None:
 
 
 def measure_speeds(baseline: Tried, within: list[Tried], settings: TuneSettings, folder: Path, earlier: dict) -> None:
-    """Time each candidate within the budget right after the FP32 file (paired rounds)."""
+    """Time each built candidate right after the FP32 file (paired rounds)."""
     import datetime as dt
 
     from vitdeploy.bench import measure as B
@@ -343,7 +363,7 @@ def measure_speeds(baseline: Tried, within: list[Tried], settings: TuneSettings,
         providers=settings.providers, batches=settings.batches, threads=(settings.threads,), warmup=5,
         duration_s=settings.duration_s, min_iters=10, rounds=settings.rounds,
     )  # fmt: skip
-    console.rule("[bold]tune: timing the candidates within the budget against FP32")
+    console.rule("[bold]tune: timing the candidates against FP32")
     with progress_bar(refresh_per_second=1) as bar:
         results = B.run_grid(B.onnx_cells(paths, cfg), cfg, bar, B.baseline_cells(paths, paths[0], cfg))
     B.add_ratios(results, paths[0].name)

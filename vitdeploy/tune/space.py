@@ -52,8 +52,17 @@ def calibration_of(recipe: Recipe) -> dict[str, Any]:
     return dict(DEFAULT_CALIBRATION)
 
 
-def candidates(recipe: Recipe, smooth_alphas: tuple[float, ...] = (0.5, 0.8)) -> list[Candidate]:
-    """The float baseline, then every quantization setting the search builds, cheapest first."""
+def nncf_settings(recipe: Recipe) -> dict[str, Any]:
+    """NNCF's post-training quantization, keeping what the recipe leaves in float and its
+    calibration images (NNCF reads no other option of ONNX Runtime's quantizer)."""
+    kept = {k: v for k, v in shared_settings(recipe).items() if k in {"exclude_nodes", "keep_classifier_fp32"}}
+    cal = {k: v for k, v in calibration_of(recipe).items() if k in {"samples", "split"}}
+    return kept | {"mode": "static", "backend": "nncf", "calibration": cal}
+
+
+def candidates(recipe: Recipe, smooth_alphas: tuple[float, ...] = (0.5, 0.8), nncf: bool = False) -> list[Candidate]:
+    """The float baseline, then every quantization setting the search builds, cheapest first;
+    `nncf`: also NNCF's quantizer (for OpenVINO targets, where its placement can run faster)."""
     shared, cal = shared_settings(recipe), calibration_of(recipe)
 
     def static(**changes: Any) -> dict[str, Any]:
@@ -75,13 +84,17 @@ def candidates(recipe: Recipe, smooth_alphas: tuple[float, ...] = (0.5, 0.8)) ->
         Candidate("static-bias-correction", "static INT8, then each layer's mean output error subtracted from its bias",
                   static(bias_correction=True)),
     ]  # fmt: skip
+    if nncf:
+        found.append(Candidate("nncf", "NNCF's post-training quantization (transformer preset): its own quantizer "
+                                       "placement, SmoothQuant and bias correction", nncf_settings(recipe)))  # fmt: skip
     for c in found:
         QuantizeSpec(**c.quantize)  # every candidate is a valid recipe section
     return found
 
 
-def student_candidates(student: Recipe, path: Path) -> list[Candidate]:
+def student_candidates(student: Recipe, path: Path, nncf: bool = False) -> list[Candidate]:
     """The same settings on a student's model (its own stages), named after the student."""
     return [
-        replace(c, name=f"{student.name}.{c.name}", idea=f"{student.name}: {c.idea}", source=path) for c in candidates(student)
+        replace(c, name=f"{student.name}.{c.name}", idea=f"{student.name}: {c.idea}", source=path)
+        for c in candidates(student, nncf=nncf)
     ]

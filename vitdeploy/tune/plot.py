@@ -1,0 +1,45 @@
+"""tune's picture: every timed candidate's speed against FP32 and its validation top-1 loss.
+
+The front (no other candidate both faster and more accurate), the budget and the winner are
+marked, so the choice can be checked at a glance: the winner is on or near the front, below
+the budget line, and candidates to its right are above that line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitdeploy.build.report import pareto
+from vitdeploy.core.errors import UserError
+
+
+def plot_front(report: dict, target: Path) -> Path:
+    """`target` (PNG) from a tune report (`tune.json`'s content); returns it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("tune's picture needs matplotlib: pip install 'vitdeploy[report]'") from None
+    timed = [c for c in report["candidates"] if c["drop"] is not None and (c["speedup_geomean"] or c["drop"] == 0)]
+    points = [(c["speedup_geomean"] or 1.0, -c["drop"], c["name"]) for c in timed]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for x, y, name in points:
+        chosen = name == report["winner"]
+        ax.scatter(x, y, s=120 if chosen else 30, marker="*" if chosen else "o", zorder=3,
+                   color="#2ca02c" if chosen else "#1f77b4")  # fmt: skip
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = pareto([(x, y) for x, y, _ in points], larger_x_is_better=True)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#d62728", label="Pareto front", zorder=2)
+    ax.axhline(-report["max_drop"], color="#7f7f7f", linestyle=":", label=f"budget: {report['max_drop']:g} points")
+    ax.axvline(1.0, color="#bbbbbb", linewidth=0.8)
+    cells = ", ".join(f"{p} b{b}" for p in report["settings"]["providers"] for b in report["settings"]["batches"])
+    ax.set_xlabel(f"speed against FP32 (geometric mean over {cells})")
+    ax.set_ylabel(f"top-1 change (points, {report['validation_images']} held-out images)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(target)
+    plt.close(fig)
+    return target
