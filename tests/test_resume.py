@@ -50,7 +50,7 @@ RECIPE = {
 }
 OUTPUTS = ("resumable.onnx", "resumable.fp32.onnx", "resumable.safetensors")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
-KILLS = 20
+KILLS = 12  # four per signal, at random points of the stages
 
 
 def start_build(folder: Path, *extra: str) -> subprocess.Popen:
@@ -114,7 +114,7 @@ def ctrl_c_reaches_builds() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.slow  # 20 real kills: about 5 of the suite's 6.5 minutes
+@pytest.mark.slow  # 12 real kills: about 2 of the suite's 9 minutes
 @pytest.mark.usefixtures("ctrl_c_reaches_builds")
 def test_builds_killed_at_random_points_resume_to_identical_outputs(cifar10: Path, tmp_path: Path) -> None:
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def test_builds_killed_at_random_points_resume_to_identical_outputs(cifar10: Pat
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(trial, range(KILLS)))
-    assert len(results) == KILLS  # 20 kills, 20 consistent states, 20 identical resumes
+    assert len(results) == KILLS  # every kill: a consistent state, an identical resume
 
 
 def test_fresh_ignores_the_cache_and_clean_removes_it(cifar10: Path, tmp_path: Path) -> None:
