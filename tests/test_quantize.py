@@ -177,3 +177,28 @@ def test_minmax_ranges_do_not_depend_on_the_calibration_batch(vit_onnx: Path, tm
         assert report["calibration"]["batch_size"] == batch
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_nodes_named_dynamic_are_quantized_per_batch_and_the_rest_statically(vit_onnx: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(4).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    fc = [n.name for n in onnx.load(str(vit_onnx)).graph.node if n.op_type == "MatMul" and "mlp/fc" in n.name]
+    assert len(fc) == 4  # fc1 and fc2 of two blocks
+    spec = QuantizeSpec(mode="static", dynamic_nodes=fc[:2])
+    report = quantize_model(vit_onnx, tmp_path / "q.onnx", spec, ArrayCalibrationReader(INPUT_NAME, x, 16))
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulInteger") == 2 and ops.count("DynamicQuantizeLinear") == 2
+    producers = {o: n for n in model.graph.node for o in n.output}
+    static = [n for n in model.graph.node if n.op_type == "MatMul" and n.name in fc[2:]]
+    assert len(static) == 2 and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in static)
+    assert report["dynamic_nodes"] == fc[:2] and not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    want = ort.InferenceSession(str(vit_onnx)).run(None, {INPUT_NAME: x[:8]})[0]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {INPUT_NAME: x[:8]})[0]
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_dynamic_nodes_are_a_static_option() -> None:
+    with pytest.raises(ValueError, match=r"dynamic_nodes \(static only\)"):
+        QuantizeSpec(mode="dynamic", dynamic_nodes=["a"])

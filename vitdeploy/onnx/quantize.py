@@ -197,7 +197,9 @@ def _quantize(
                 raise ValueError("static quantization needs calibration data")
             ranges = source.with_name("ranges.json")
             save_tensors_data(calibrate(source, spec, op_types, calibration), ranges)
-            quantize_with_ranges(source, tmp, spec, ranges, excluded)
+            quantize_with_ranges(source, tmp, spec, ranges, sorted({*excluded, *spec.dynamic_nodes}))
+            if spec.dynamic_nodes:
+                quantize_nodes_dynamically(tmp, spec, reduce_range)
         else:
             raise ValueError(f"nothing to quantize in mode {spec.mode!r}")
         quantized = onnx.load(str(tmp))
@@ -218,6 +220,7 @@ def _quantize(
         "format": spec.format if spec.mode == "static" else "qoperator",
         "op_types": op_types,
         "excluded_nodes": excluded,
+        **({"dynamic_nodes": spec.dynamic_nodes} if spec.dynamic_nodes else {}),
         "per_channel": spec.per_channel,
         "quantize_outputs": spec.quantize_outputs if spec.mode == "static" else False,
         "reduce_range": reduce_range,
@@ -271,6 +274,26 @@ def quantize_with_ranges(
         extra_options=_output_options(spec, op_types),
         calibration_cache_path=str(ranges),
     )
+
+
+def quantize_nodes_dynamically(model: Path, spec: QuantizeSpec, reduce_range: bool) -> None:
+    """`spec.dynamic_nodes` of the static INT8 `model` quantized dynamically, in place.
+
+    The static pass left them in float; ONNX Runtime's dynamic quantizer then turns each into
+    DynamicQuantizeLinear + MatMulInteger (its tensors lost their types with the static pass,
+    so float is their default type)."""
+    staged = model.with_name(f"{model.name}.dynamic.tmp")  # a temporary: swept if the build is killed
+    quantize_dynamic(
+        str(model),
+        str(staged),
+        op_types_to_quantize=["MatMul"],
+        nodes_to_quantize=spec.dynamic_nodes,
+        per_channel=spec.per_channel,
+        reduce_range=reduce_range,
+        weight_type=QUANT_TYPES[spec.weight_type],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    staged.replace(model)
 
 
 def require_calibration_cache() -> None:

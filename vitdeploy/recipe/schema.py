@@ -337,13 +337,13 @@ class CalibrationSpec(Section):
 
 ORT_QUANTIZER_OPTIONS = frozenset({
     "format", "per_channel", "reduce_range", "activation_type", "weight_type", "op_types", "weights_only_matmul",
-    "quantize_outputs", "exclude_op_types", "store_other_weights_int8", "bias_correction",
+    "quantize_outputs", "exclude_op_types", "store_other_weights_int8", "bias_correction", "dynamic_nodes",
 })  # fmt: skip
 ORT_CALIBRATION_OPTIONS = frozenset({"method", "percentile", "batch_size", "minmax_stride_batches"})
 
 
 class QuantizeSpec(Section):
-    added_options: ClassVar[frozenset[str]] = frozenset({"backend"})
+    added_options: ClassVar[frozenset[str]] = frozenset({"backend", "dynamic_nodes"})
 
     mode: Literal["none", "dynamic", "static"]
     """required in a quantize section, so that tuning a field never switches quantization on by itself;
@@ -380,6 +380,11 @@ class QuantizeSpec(Section):
     """node names left in FP32"""
     exclude_op_types: list[str] = []
     """op types left in FP32"""
+    dynamic_nodes: list[str] = Field(
+        [],
+        description="static only: node names (MatMul) quantized dynamically instead, their activation range taken "
+        "per batch at run time: for layers a calibrated range serves badly, a middle way between static INT8 and float",
+    )
     store_other_weights_int8: bool = Field(
         True,
         description="store the FP32 weights left over (pos-embed, patch-embedding Conv) as INT8 + DequantizeLinear: "
@@ -407,7 +412,7 @@ class QuantizeSpec(Section):
         given = {f for f in self.model_fields_set - {"mode"} if getattr(self, f) != getattr(defaults, f)}
         if self.mode == "none" and given:
             raise ValueError(f"mode is none, so {', '.join(sorted(given))} would be ignored; set a mode or drop them")
-        static_only = given & {"format", "calibration", "activation_type", "quantize_outputs"}
+        static_only = given & {"format", "calibration", "activation_type", "quantize_outputs", "dynamic_nodes"}
         if self.smooth_alpha or self.bias_correction:
             static_only -= {"calibration"}  # its images serve smoothing and bias correction in any mode
         if self.mode == "dynamic" and static_only:

@@ -270,8 +270,9 @@ SENSITIVITY_IMAGES = 500
 
 
 def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettings, holdout: int) -> list[Candidate]:
-    """Static INT8 with its 1, 2, 4 and 8 most harmful layer groups in float, if static INT8 is
-    over budget (a group: the layers reading one input, which ONNX Runtime quantizes once)."""
+    """Static INT8 with its 1, 2, 4 and 8 most harmful layer groups in float, and with them
+    quantized dynamically instead, if static INT8 is over budget (a group: the layers reading
+    one input, which ONNX Runtime quantizes once)."""
     fp32 = next((t for t in tried if is_baseline(t.candidate) and t.top1 is not None), None)
     static = next((t for t in tried if t.candidate.name == "static" and t.candidate.source is None and t.fp32_file), None)
     if fp32 is None or static is None or fp32.top1 - static.top1 <= settings.max_drop:
@@ -279,15 +280,16 @@ def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettin
     console.rule("[bold]tune: static INT8 is over budget: which layers lose it (each quantized alone)")
     ranking = sensitivity_ranking(candidate_recipe(recipe, static.candidate, holdout, settings.providers), Path(static.fp32_file))
     base = static.candidate.quantize
-    return [
-        Candidate(
-            f"static-fallback{k}",
-            f"static INT8 with its {k} most sensitive layer group{'s' if k > 1 else ''} kept in float",
-            base | {"exclude_nodes": sorted(set(base.get("exclude_nodes", [])).union(*ranking[:k]))},
-        )
-        for k in FALLBACK_COUNTS
-        if k < len(ranking)
-    ]
+    found = []
+    for k in (k for k in FALLBACK_COUNTS if k < len(ranking)):
+        groups = f"{k} most sensitive layer group{'s' if k > 1 else ''}"
+        found += [
+            Candidate(f"static-fallback{k}", f"static INT8 with its {groups} kept in float",
+                      base | {"exclude_nodes": sorted(set(base.get("exclude_nodes", [])).union(*ranking[:k]))}),
+            Candidate(f"static-dynamic{k}", f"static INT8 with its {groups} quantized dynamically (ranges per batch)",
+                      base | {"dynamic_nodes": sorted(set().union(*ranking[:k]))}),
+        ]  # fmt: skip
+    return found
 
 
 def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
