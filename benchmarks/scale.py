@@ -1,9 +1,9 @@
 """Real-scale ViTs at 224x224: what a build costs and what INT8 buys, for docs/scale.md.
 
     python benchmarks/scale.py [--models vit_s16,vit_b16] [--batches 1,8] [--rounds 3] [--duration 2]
-                               [--json runs/scale.json] [--skip-build | --builds-only]
+                               [--json runs/scale.json] [--skip-build | --builds-only] [--kinds int8_nncf]
 
-Builds `recipes/scale/<model>_{fp32,static_int8,int8_portable}.yaml` (random weights; see
+Builds `recipes/scale/<model>_{fp32,static_int8,int8_portable,int8_nncf}.yaml` (random weights; see
 their headers), each in a fresh process, and prints per build: wall time per step, peak RSS
 (from the manifest: the build process's maximum resident set) and sizes. For the no-training
 static INT8 build it also times the work no build can avoid, bare and in this process: one
@@ -12,7 +12,7 @@ passes on ONNX Runtime, one PyTorch and one ONNX pass over the parity images, an
 evaluation passes (PyTorch, FP32, INT8), so the two sums stand side by side.
 
 Then it times, at each batch, ONNX Runtime FP32 and INT8, OpenVINO FP32 and INT8 (the
-portable build), and the peer: NNCF's post-training quantization (transformer preset, the same
+portable build and the build quantized by NNCF), and the peer: NNCF's post-training quantization (transformer preset, the same
 calibration count) of the same FP32 export, run by OpenVINO. Each cell runs right after a fresh
 run of ONNX Runtime FP32 ("vs ORT FP32": the median over `--rounds` of those back-to-back
 pairs, with their lowest and highest); "vs NNCF" pairs each cell with the peer's cell of the
@@ -39,7 +39,7 @@ from vitdeploy.recipe.schema import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "scale"
-KINDS = ("fp32", "static_int8", "int8_portable")
+KINDS = ("fp32", "static_int8", "int8_portable", "int8_nncf")
 
 
 def build(name: str) -> dict:
@@ -123,6 +123,7 @@ def speed_table(model: str, out: Path, batches: tuple[int, ...], rounds: int, du
         ("ONNX Runtime static INT8", out / f"{model}_static_int8.onnx", "cpu"),
         ("OpenVINO FP32", out / f"{model}_int8_portable.fp32.onnx", "openvino"),
         ("OpenVINO portable INT8 (vitdeploy)", out / f"{model}_int8_portable.onnx", "openvino"),
+        ("OpenVINO INT8 by NNCF (vitdeploy, quantize.backend nncf)", out / f"{model}_int8_nncf.onnx", "openvino"),
         ("NNCF PTQ -> OpenVINO (peer)", peer, "openvino"),
     ]
     # A 224x224 ViT runs for a good fraction of a second at batch 8 on two cores: ten timed runs
@@ -170,6 +171,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=2.0)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--skip-build", action="store_true", help="reuse the artifacts already built")
+    p.add_argument("--kinds", default=",".join(KINDS), help="which builds to (re)build; the others' artifacts are reused")
     p.add_argument("--builds-only", action="store_true", help="build and time the unavoidable work; no speed table")
     args = p.parse_args()
     batches = tuple(int(b) for b in args.batches.split(","))
@@ -178,7 +180,8 @@ def main() -> None:
         entry: dict = {"builds": {}}
         for kind in KINDS:
             name = f"{model}_{kind}"
-            m = build(name) if not args.skip_build else json.loads(
+            rebuild = kind in args.kinds.split(",") and not args.skip_build
+            m = build(name) if rebuild else json.loads(
                 (load_recipe(RECIPES / f"{name}.yaml").output.dir / f"{name}.json").read_text())  # fmt: skip
             entry["builds"][name] = {k: m[k] for k in ("timings_s", "peak_rss_mb", "sizes_bytes")}
             console.print(name, entry["builds"][name])

@@ -127,7 +127,9 @@ def check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
         table.add_row("head", f"new, {classes} classes (transfer: the classifier is re-initialised)")
     table.add_row("data", f"{r.data.dataset} ({r.data.source or 'cache'})")
     table.add_row("stages", ", ".join(s.stage for s in r.stages) or "none")
-    table.add_row("quantize", r.quantize.mode if r.quantize.mode == "none" else f"{r.quantize.mode} {r.quantize.format}")
+    q = r.quantize
+    how = "by NNCF" if q.backend == "nncf" else q.format
+    table.add_row("quantize", q.mode if q.mode == "none" else f"{q.mode} {how}")
     table.add_row("output", str(r.output.dir / f"{r.artifact_name}.onnx"))
     out.print(table)
 
