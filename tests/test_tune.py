@@ -12,9 +12,10 @@ import yaml
 from typer.testing import CliRunner
 
 from vitdeploy.cli import app
+from vitdeploy.core.errors import UserError
 from vitdeploy.data.datasets import VALIDATION, ImageSet, load_split
 from vitdeploy.recipe.schema import DataSpec, QuantizeSpec, load_recipe
-from vitdeploy.tune.search import Speed, Tried, TuneSettings, choose
+from vitdeploy.tune.search import Speed, Tried, TuneSettings, Validation, choose
 from vitdeploy.tune.space import Candidate, candidates, student_candidates
 
 from .conftest import TINY_OVERRIDES
@@ -143,13 +144,13 @@ def test_an_openvino_target_keeps_candidates_portable_and_scores_them_there(tmp_
 
     recipe = Recipe(name="r", model=ModelSpec(name="vit_tiny_patch16_224"), output={"dir": tmp_path})
     static = candidates(recipe)[2]
-    assert candidate_recipe(recipe, static, 100).runtimes == ["onnxruntime"]
-    portable = candidate_recipe(recipe, static, 100, ("cpu", "openvino"))
+    assert candidate_recipe(recipe, static, Validation(100)).runtimes == ["onnxruntime"]
+    portable = candidate_recipe(recipe, static, Validation(100), ("cpu", "openvino"))
     assert portable.runtimes == ["onnxruntime", "openvino"] and scoring_runtime(("cpu", "openvino")) == "openvino"
     assert portable.data.eval_split == VALIDATION and portable.data.holdout == 100 and not portable.evaluate.torch
     by_nncf = candidates(recipe, nncf=True)[-1]
     assert by_nncf.name == "nncf" and "nncf" not in {c.name for c in candidates(recipe)}
-    assert candidate_recipe(recipe, by_nncf, 100, ("openvino",)).quantize.backend == "nncf"
+    assert candidate_recipe(recipe, by_nncf, Validation(100), ("openvino",)).quantize.backend == "nncf"
 
 
 def test_a_pruned_student_in_float_can_win_when_it_is_faster_within_budget() -> None:
@@ -171,8 +172,32 @@ def test_a_student_candidate_keeps_its_stages_and_reads_the_tuned_recipe_s_image
     elsewhere.write_text(yaml.safe_dump(base | {"name": "elsewhere", "data": {"dataset": "photos", "source": str(tmp_path)}}))
     recipe = load_recipe(main)
     c = next(c for c in student_candidates(load_recipe(pruned), pruned) if c.name == "pruned.static")
-    r = candidate_recipe(recipe, c, 100)
+    r = candidate_recipe(recipe, c, Validation(100))
     assert r.name == "main.pruned.static" and [s.stage for s in r.stages] == ["prune"]
     assert r.data.holdout == 100 and r.data.eval_split == VALIDATION and r.quantize.mode == "static"
     with pytest.raises(Exception, match="same held-out images"):
-        candidate_recipe(recipe, next(iter(student_candidates(load_recipe(elsewhere), elsewhere))), 100)
+        candidate_recipe(recipe, next(iter(student_candidates(load_recipe(elsewhere), elsewhere))), Validation(100))
+
+
+def test_a_dataset_s_own_validation_split_scores_candidates_instead_of_training_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vitdeploy.tune.search import candidate_recipe, validation_images
+
+    for split, n in (("train", 6), ("val", 3), ("test", 2)):
+        for cls in ("a", "b"):
+            (tmp_path / "photos" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 30), (200 * (cls == "a"), 80, i)).save(tmp_path / "photos" / split / cls / f"{i}.png")
+    base = {"name": "own", "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES | {"num_classes": 2}},
+            "data": {"dataset": "photos", "source": str(tmp_path / "photos"), "cache_dir": str(tmp_path / "c")},
+            "output": {"dir": str(tmp_path / "out")}}  # fmt: skip
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(base))
+    recipe = load_recipe(tmp_path / "own.yaml")
+    validation = validation_images(recipe, TuneSettings(max_drop=0.5, validation_split="val"))
+    assert validation == Validation(6, "val")
+    r = candidate_recipe(recipe, candidates(recipe)[0], validation)
+    assert r.data.eval_split == "val" and r.data.holdout is None
+    assert validation_images(recipe, TuneSettings(max_drop=0.5, holdout=5)) == Validation(2)  # a fifth of 12
+    with pytest.raises(UserError, match="--validation test: candidates are scored on a split of their own"):
+        validation_images(recipe, TuneSettings(max_drop=0.5, validation_split="test"))

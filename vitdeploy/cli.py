@@ -171,6 +171,10 @@ def tune(
     threads: Annotated[int | None, typer.Option(min=1, help="intra-op threads (default: ONNX Runtime's)")] = None,
     minutes: Annotated[float | None, typer.Option(min=0, help="build no new candidate after this many minutes")] = None,
     holdout: Annotated[int, typer.Option(min=1, help="training images set aside to score candidates")] = 1000,
+    validation: Annotated[
+        str | None,
+        typer.Option(help="score candidates on this split of the dataset's own (its val/) instead of held-out training images"),
+    ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="paired rounds per timed cell")] = 3,
     duration: Annotated[float, typer.Option(min=0.1, help="seconds of timed runs per cell and round")] = 1.0,
     remeasure: Annotated[bool, typer.Option("--remeasure", help="time again what an earlier tune timed")] = False,
@@ -199,7 +203,8 @@ def tune(
     for path in student_paths:
         _validate(path)  # a broken student recipe is named before any work
     settings = TuneSettings(
-        max_drop, provider_list(provider), batches, threads, minutes, holdout, rounds, duration, remeasure, student_paths
+        max_drop, provider_list(provider), batches, threads, minutes, holdout, rounds, duration, remeasure, student_paths,
+        validation,
     )  # fmt: skip
     with interrupt_on_sigterm():
         report = run_tune(r, recipe.resolve(), settings, resolve_device(device))
@@ -209,7 +214,7 @@ def tune(
 def tune_table(report: dict) -> Table:
     test = report["test"]
     table = Table(
-        title=f"tune: {report['winner']} chosen ({report['validation_images']} held-out images, "
+        title=f"tune: {report['winner']} chosen ({report['validation_images']} validation images, "
         f"FP32 {report['fp32_validation_top1']:.2f} %); test split: {test['test_top1']:.2f} % "
         f"({test['test_drop']:+.2f} points vs FP32)"
     )

@@ -305,7 +305,9 @@ class DataStore:
         fingerprint = source_fingerprint(source)
         meta = self.meta(name)
         if meta and meta["fingerprint"] == fingerprint and meta.get("size") == size and meta.get("format") == CACHE_FORMAT:
-            return meta
+            if splits is None or splits <= set(meta["splits"]):
+                return meta
+            splits = splits | set(meta["splits"])  # a split not decoded yet: decoded beside those that are
         folder = self.folder(name)
         check_writable(folder)  # before decoding: a read-only cache fails at once
         with storage_faults(folder):

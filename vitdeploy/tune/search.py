@@ -39,6 +39,26 @@ class TuneSettings:
     duration_s: float = 1.0
     remeasure: bool = False  # time every candidate again, even those timed by an earlier tune
     students: tuple[Path, ...] = ()  # recipes of structured students (pruned, distilled) searched too
+    validation_split: str | None = None  # a split of the dataset's own (val/) instead of held-out training images
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The images every candidate is scored on: training images set aside (`split` None), or a
+    split of the dataset's own, which is fair to students when the model tuned was trained on
+    every training image (a student trained without the set-aside ones is not)."""
+
+    images: int
+    split: str | None = None
+
+    def data(self, data: dict) -> dict:
+        """A recipe's data section, scoring on these images."""
+        if self.split is not None:
+            return data | {"eval_split": self.split}
+        return data | {"holdout": self.images, "eval_split": VALIDATION}
+
+    def describe(self) -> str:
+        return f"the {self.images} images of split {self.split}" if self.split else f"{self.images} held-out training images"
 
 
 @dataclass
@@ -111,8 +131,10 @@ def scoring_runtime(providers: tuple[str, ...]) -> str:
     return next(iter(openvino_targets(providers)), "onnxruntime")
 
 
-def candidate_recipe(recipe: Recipe, candidate: Candidate, holdout: int, providers: tuple[str, ...] = ("cpu",)) -> Recipe:
-    """The recipe with the candidate's quantization, scored on the held-out training images.
+def candidate_recipe(
+    recipe: Recipe, candidate: Candidate, validation: Validation, providers: tuple[str, ...] = ("cpu",)
+) -> Recipe:
+    """The recipe with the candidate's quantization, scored on the validation images.
 
     The accuracy gate is the search's business, not the build's; the PyTorch model is not scored
     (its ONNX FP32 file is the baseline every candidate is compared with). For OpenVINO targets
@@ -120,7 +142,7 @@ def candidate_recipe(recipe: Recipe, candidate: Candidate, holdout: int, provide
     data = (load_student(recipe, candidate.source) if candidate.source else recipe).model_dump()
     data["data"] = recipe.data.model_dump()  # the same images for every candidate
     data["name"] = f"{recipe.artifact_name}.{candidate.name}"
-    data["data"] |= {"holdout": holdout, "eval_split": VALIDATION}
+    data["data"] = validation.data(data["data"])
     data["evaluate"] |= {"samples": None, "torch": False}
     data["quantize"] = candidate.quantize
     data["output"] = {"dir": tune_folder(recipe), "name": None}
@@ -128,13 +150,22 @@ def candidate_recipe(recipe: Recipe, candidate: Candidate, holdout: int, provide
     return Recipe.model_validate(data)
 
 
-def holdout_size(recipe: Recipe, wanted: int) -> int:
-    """`wanted` images, or a fifth of the train split when that is smaller."""
+def validation_images(recipe: Recipe, settings: TuneSettings) -> Validation:
+    """The dataset's own split when asked for, else `settings.holdout` training images, or a
+    fifth of the train split when that is smaller."""
     from vitdeploy.data.datasets import load_split
 
     whole = recipe.data.model_copy(update={"holdout": None})  # memory-mapped: only the labels are read
+    split = settings.validation_split
+    if split is not None:
+        if split in (whole.train_split, whole.eval_split, VALIDATION):
+            raise UserError(
+                f"--validation {split}: candidates are scored on a split of their own, not the "
+                f"train ({whole.train_split}) or test ({whole.eval_split}) split; without one, leave it out"
+            )
+        return Validation(len(load_split(whole.model_copy(update={"eval_split": split}), split).labels), split)
     train = len(load_split(whole, whole.train_split).labels)
-    return max(1, min(wanted, train // 5))
+    return Validation(max(1, min(settings.holdout, train // 5)))
 
 
 def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any) -> dict:
@@ -143,8 +174,8 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     folder = tune_folder(recipe)
     report_path = folder / "tune.json"
     earlier = read_earlier(report_path)
-    holdout = holdout_size(recipe, settings.holdout)
-    tried = build_candidates(recipe, recipe_path, settings, holdout, device, started)
+    validation = validation_images(recipe, settings)
+    tried = build_candidates(recipe, recipe_path, settings, validation, device, started)
     baseline = next((t for t in tried if is_baseline(t.candidate) and t.top1 is not None), None)
     if baseline is None:
         raise BuildError(f"the FP32 candidate did not build: {tried[0].error}; nothing to compare with")
@@ -154,12 +185,13 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     built = [t for t in tried if t is not baseline and t.drop is not None]  # all timed: the front needs them
     measure_speeds(baseline, built, settings, folder, earlier)
     winner = choose(tried, baseline, settings)
-    tuned = write_tuned_recipe(recipe, recipe_path, winner, holdout, settings.providers)
+    tuned = write_tuned_recipe(recipe, recipe_path, winner, validation, settings.providers)
     report = {
         "recipe": str(recipe_path),
         "max_drop": settings.max_drop,
         "settings": asdict(settings),
-        "validation_images": holdout,
+        "validation_images": validation.images,
+        "validation_split": validation.split,
         "fp32_validation_top1": baseline.top1,
         "candidates": [t.record() for t in tried],
         "winner": winner.candidate.name,
@@ -200,7 +232,7 @@ def read_earlier(path: Path) -> dict:
 
 
 def build_candidates(
-    recipe: Recipe, recipe_path: Path, settings: TuneSettings, holdout: int, device: Any, started: float
+    recipe: Recipe, recipe_path: Path, settings: TuneSettings, validation: Validation, device: Any, started: float
 ) -> list[Tried]:
     """Build the search space; when static INT8 loses more than the budget, also static INT8
     with its most sensitive layers kept in float (ranked by `sensitivity`)."""
@@ -214,10 +246,10 @@ def build_candidates(
             console.print(f"[yellow]--minutes {settings.minutes:g} spent: {len(queue) - i} candidates not built")
             break
         console.rule(f"[bold]tune: candidate {i + 1}/{len(queue)}: {candidate.name}")
-        tried.append(build_one(recipe, recipe_path, candidate, holdout, device, settings.providers))
+        tried.append(build_one(recipe, recipe_path, candidate, validation, device, settings.providers))
         if len(tried) == len(queue) and not fallbacks_added:
             fallbacks_added = True
-            queue += fallback_candidates(recipe, tried, settings, holdout)
+            queue += fallback_candidates(recipe, tried, settings, validation)
     return tried
 
 
@@ -246,11 +278,11 @@ def load_student(recipe: Recipe, path: Path) -> Recipe:
 
 
 def build_one(
-    recipe: Recipe, recipe_path: Path, candidate: Candidate, holdout: int, device: Any, providers: tuple[str, ...]
+    recipe: Recipe, recipe_path: Path, candidate: Candidate, validation: Validation, device: Any, providers: tuple[str, ...]
 ) -> Tried:
     from vitdeploy.build.pipeline import build
 
-    r = candidate_recipe(recipe, candidate, holdout, providers)
+    r = candidate_recipe(recipe, candidate, validation, providers)
     t = Tried(candidate, r.artifact_name)
     try:
         manifest = reuse_manifest(r) or build(r, recipe_path, device)
@@ -269,7 +301,7 @@ FALLBACK_COUNTS = (1, 2, 4, 8)  # most sensitive layer groups kept in float, one
 SENSITIVITY_IMAGES = 500
 
 
-def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettings, holdout: int) -> list[Candidate]:
+def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettings, validation: Validation) -> list[Candidate]:
     """Static INT8 with its 1, 2, 4 and 8 most harmful layer groups in float, and with them
     quantized dynamically instead, if static INT8 is over budget (a group: the layers reading
     one input, which ONNX Runtime quantizes once)."""
@@ -278,7 +310,8 @@ def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettin
     if fp32 is None or static is None or fp32.top1 - static.top1 <= settings.max_drop:
         return []
     console.rule("[bold]tune: static INT8 is over budget: which layers lose it (each quantized alone)")
-    ranking = sensitivity_ranking(candidate_recipe(recipe, static.candidate, holdout, settings.providers), Path(static.fp32_file))
+    scored = candidate_recipe(recipe, static.candidate, validation, settings.providers)
+    ranking = sensitivity_ranking(scored, Path(static.fp32_file))
     base = static.candidate.quantize
     found = []
     for k in (k for k in FALLBACK_COUNTS if k < len(ranking)):
@@ -316,7 +349,7 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
     pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
     batch = r.quantize.calibration.batch_size or calibration_batch_for(size)
     reader = ArrayCalibrationReader(INPUT_NAME, calibration_images(r, size), batch)
-    images = load_split(r.data, VALIDATION, decode_size(r)).subset(SENSITIVITY_IMAGES, seed=3)
+    images = load_split(r.data, r.data.eval_split, decode_size(r)).subset(SENSITIVITY_IMAGES, seed=3)
     found = layer_sensitivity(fp32, r.quantize, reader, images, pre, size)
     write_json_atomic(saved, {"sha256": digest, "layers": [s.as_dict() for s in found]})
     return [s.nodes for s in found]
@@ -426,7 +459,9 @@ def choose(tried: list[Tried], baseline: Tried, settings: TuneSettings) -> Tried
     return winner
 
 
-def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout: int, providers: tuple[str, ...]) -> Path:
+def write_tuned_recipe(
+    recipe: Recipe, recipe_path: Path, winner: Tried, validation: Validation, providers: tuple[str, ...]
+) -> Path:
     """`<name>.tuned.yaml` beside the recipe: the recipe as written, with the winner's
     quantization (relative paths in it stay valid)."""
     from vitdeploy.core.storage import atomic_path
@@ -438,8 +473,8 @@ def write_tuned_recipe(recipe: Recipe, recipe_path: Path, winner: Tried, holdout
     data.get("output", {}).pop("name", None)  # the artifact is named after the tuned recipe
     speed = ", ".join(f"{s.speedup:.2f}x at {s.cell}" for s in winner.speeds) or "float"
     data["description"] = (
-        f"{recipe.name} tuned: {winner.candidate.idea}; top-1 {-winner.drop:+.2f} points against FP32 on {holdout} "
-        f"held-out training images, {speed} against FP32"
+        f"{recipe.name} tuned: {winner.candidate.idea}; top-1 {-winner.drop:+.2f} points against FP32 on "
+        f"{validation.describe()}, {speed} against FP32"
     )
     data["quantize"] = winner.candidate.quantize
     if openvino_targets(providers):  # the graph the candidate was: standard operators, checked there
