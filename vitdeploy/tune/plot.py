@@ -25,11 +25,16 @@ def plot_front(report: dict, target: Path) -> Path:
     timed = [c for c in report["candidates"] if c["drop"] is not None and (c["speedup_geomean"] or c["drop"] == 0)]
     points = [(c["speedup_geomean"] or 1.0, -c["drop"], c["name"]) for c in timed]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for x, y, name in points:
-        chosen = name == report["winner"]
-        ax.scatter(x, y, s=120 if chosen else 30, marker="*" if chosen else "o", zorder=3,
-                   color="#2ca02c" if chosen else "#1f77b4")  # fmt: skip
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    models = list(dict.fromkeys(c.get("student") for c in timed))  # the model tuned, then each student
+    for i, model in enumerate(models):
+        mine = [c for c in timed if c.get("student") == model]
+        xs, ys = [c["speedup_geomean"] or 1.0 for c in mine], [-c["drop"] for c in mine]
+        ax.scatter(xs, ys, s=30, zorder=3, color=f"C{i}", label=model or "the model tuned")
+        for x, y, c in zip(xs, ys, mine, strict=True):
+            setting = c["name"].removeprefix(f"{model}.") if model else c["name"]
+            ax.annotate(setting, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    win = next((x, y) for x, y, name in points if name == report["winner"])
+    ax.scatter(*win, s=220, marker="*", color="#2ca02c", zorder=4, label=f"chosen: {report['winner']}")
     front = pareto([(x, y) for x, y, _ in points], larger_x_is_better=True)
     ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#d62728", label="Pareto front", zorder=2)
     ax.axhline(-report["max_drop"], color="#7f7f7f", linestyle=":", label=f"budget: {report['max_drop']:g} points")

@@ -101,6 +101,7 @@ class Tried:
     def record(self) -> dict:
         return {
             "name": self.candidate.name,
+            "student": self.candidate.student,
             "idea": self.candidate.idea,
             "quantize": self.candidate.quantize,
             "artifact": self.file,

@@ -29,6 +29,7 @@ class Candidate:
     idea: str
     quantize: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    student: str | None = None  # the student recipe's name, with `source`
 
     @property
     def is_float(self) -> bool:
@@ -95,6 +96,6 @@ def candidates(recipe: Recipe, smooth_alphas: tuple[float, ...] = (0.5, 0.8), nn
 def student_candidates(student: Recipe, path: Path, nncf: bool = False) -> list[Candidate]:
     """The same settings on a student's model (its own stages), named after the student."""
     return [
-        replace(c, name=f"{student.name}.{c.name}", idea=f"{student.name}: {c.idea}", source=path)
+        replace(c, name=f"{student.name}.{c.name}", idea=f"{student.name}: {c.idea}", source=path, student=student.name)
         for c in candidates(student, nncf=nncf)
     ]
