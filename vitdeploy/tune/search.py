@@ -176,6 +176,11 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     report_path = folder / "tune.json"
     earlier = read_earlier(report_path)
     validation = validation_images(recipe, settings)
+    if settings.students and validation.split is None:
+        console.print(
+            "[yellow]students are scored on held-out training images: if the model tuned was trained on them "
+            "(the students are not), they favour it; a split of the dataset's own (--validation val) does not"
+        )
     tried = build_candidates(recipe, recipe_path, settings, validation, device, started)
     baseline = next((t for t in tried if is_baseline(t.candidate) and t.top1 is not None), None)
     if baseline is None:
