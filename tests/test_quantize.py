@@ -202,3 +202,24 @@ def test_nodes_named_dynamic_are_quantized_per_batch_and_the_rest_statically(vit
 def test_dynamic_nodes_are_a_static_option() -> None:
     with pytest.raises(ValueError, match=r"dynamic_nodes \(static only\)"):
         QuantizeSpec(mode="dynamic", dynamic_nodes=["a"])
+
+
+def test_calibrating_only_the_tensors_read_gives_the_same_ranges_and_file(vit_onnx: Path, tmp_path: Path) -> None:
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from vitdeploy.onnx.quantize import calibrate, infer_types, nodes_to_exclude, quantize_with_ranges, tensors_read
+
+    x = np.random.default_rng(5).standard_normal((24, 3, 32, 32)).astype(np.float32)
+    spec, typed = QuantizeSpec(mode="static"), tmp_path / "typed.onnx"
+    infer_types(vit_onnx, typed)
+    excluded, ops = nodes_to_exclude(onnx.load(str(typed)), spec), ["MatMul", "Gemm"]
+    every = calibrate(typed, spec, ops, ArrayCalibrationReader(INPUT_NAME, x, 8))
+    read = calibrate(typed, spec, ops, ArrayCalibrationReader(INPUT_NAME, x, 8), excluded)
+    assert set(read.data) == tensors_read(typed, ops, excluded, spec) and len(read.data) < len(every.data) / 2
+    assert all(np.array_equal(read.data[k].range_value, every.data[k].range_value) for k in read.data)
+    files = []
+    for name, ranges in (("every", every), ("read", read)):
+        save_tensors_data(ranges, tmp_path / f"{name}.json")
+        quantize_with_ranges(typed, tmp_path / f"{name}.onnx", spec, tmp_path / f"{name}.json", excluded)
+        files.append((tmp_path / f"{name}.onnx").read_bytes())
+    assert files[0] == files[1]

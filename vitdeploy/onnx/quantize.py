@@ -27,7 +27,7 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
+from onnxruntime.quantization.calibrate import MinMaxCalibrater, TensorsData, create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from vitdeploy.core.cpu import has_vnni
@@ -196,8 +196,9 @@ def _quantize(
             if calibration is None:
                 raise ValueError("static quantization needs calibration data")
             ranges = source.with_name("ranges.json")
-            save_tensors_data(calibrate(source, spec, op_types, calibration), ranges)
-            quantize_with_ranges(source, tmp, spec, ranges, sorted({*excluded, *spec.dynamic_nodes}))
+            static_excluded = sorted({*excluded, *spec.dynamic_nodes})
+            save_tensors_data(calibrate(source, spec, op_types, calibration, static_excluded), ranges)
+            quantize_with_ranges(source, tmp, spec, ranges, static_excluded)
             if spec.dynamic_nodes:
                 quantize_nodes_dynamically(tmp, spec, reduce_range)
         else:
@@ -308,7 +309,9 @@ def require_calibration_cache() -> None:
         )
 
 
-def calibrate(source: Path, spec: QuantizeSpec, op_types: list[str], reader: ArrayCalibrationReader) -> TensorsData:
+def calibrate(
+    source: Path, spec: QuantizeSpec, op_types: list[str], reader: ArrayCalibrationReader, excluded: list[str] | None = None
+) -> TensorsData:
     """The ranges of every tensor the quantizer will read, from the calibration images.
 
     Why on its own: ONNX Runtime's `quantize_static` loads the model, then calibrates with it
@@ -316,6 +319,8 @@ def calibrate(source: Path, spec: QuantizeSpec, op_types: list[str], reader: Arr
     ranges took the peak of a ViT-B/16 quantization (512 images, 224x224, alone in a process)
     from 3.0 GB to 2.3 GB (2-core Intel Xeon). Only each batch's minimum and maximum are kept,
     so the count of images changes the time, not the memory.
+
+    `excluded`: nodes left in float, whose tensors MinMax then does not measure (below).
     """
     cal = spec.calibration
     stride = cal.minmax_stride_batches
@@ -324,15 +329,19 @@ def calibrate(source: Path, spec: QuantizeSpec, op_types: list[str], reader: Arr
             f"quantize.calibration.minmax_stride_batches ({stride}) must divide the number of "
             f"calibration batches ({len(reader)} = {len(reader.images)} images / {reader.batch_size})"
         )
-    options = {"percentile": cal.percentile} if cal.method == "percentile" else {}
-    calibrator = create_calibrator(
-        source,
-        op_types,
-        augmented_model_path=str(source.with_name("augmented.onnx")),
-        calibrate_method=CALIBRATION_METHODS[cal.method],
-        providers=["CPUExecutionProvider"],
-        extra_options=options,
-    )
+    augmented = source.with_name("augmented.onnx")
+    if cal.method == "minmax" and excluded is not None:
+        calibrator = ReadTensorsMinMax(source, op_types, tensors_read(source, op_types, excluded, spec), augmented)
+    else:
+        options = {"percentile": cal.percentile} if cal.method == "percentile" else {}
+        calibrator = create_calibrator(
+            source,
+            op_types,
+            augmented_model_path=str(augmented),
+            calibrate_method=CALIBRATION_METHODS[cal.method],
+            providers=["CPUExecutionProvider"],
+            extra_options=options,
+        )
     source.with_name("augmented.onnx").unlink(missing_ok=True)  # the session holds what it needs
     step = stride or max(1, len(reader))
     for start in range(0, len(reader), step):
@@ -342,6 +351,42 @@ def calibrate(source: Path, spec: QuantizeSpec, op_types: list[str], reader: Arr
     del calibrator
     release_freed_memory()
     return ranges
+
+
+class ReadTensorsMinMax(MinMaxCalibrater):
+    """ONNX Runtime's MinMax calibrator, measuring only the tensors the quantizer reads.
+
+    ONNX Runtime measures every input and output of every node of the quantized op types: on
+    ViT-S/16, 194 tensors (the attention-score MatMuls' and the outputs that stay float among
+    them) where the quantizer reads 48. Each measured tensor is a graph output of the calibration
+    session, which made it 1.9x slower than the plain passes (4.3 s against 2.3 s for 48 images
+    at 224x224, 2-core Intel Xeon); measuring only the 48 took ViT-S/16's quantize step from 33 s
+    to 23 s. The ranges of the tensors read are the same numbers, and the files the same bytes."""
+
+    def __init__(self, source: Path, op_types: list[str], tensors: set[str], augmented: Path) -> None:
+        super().__init__(str(source), op_types, str(augmented))
+        self.tensors = tensors
+        self.augment_graph()
+        self.execution_providers = ["CPUExecutionProvider"]
+        self.create_inference_session()
+
+    def select_tensors_to_calibrate(self, model: onnx.ModelProto) -> tuple[set[str], dict]:
+        tensors, value_infos = super().select_tensors_to_calibrate(model)
+        return tensors & self.tensors, value_infos
+
+
+def tensors_read(source: Path, op_types: list[str], excluded: list[str], spec: QuantizeSpec) -> set[str]:
+    """The activations static quantization of `source` reads ranges for: the inputs of every node
+    of `op_types` not `excluded` (and their outputs with `quantize_outputs`)."""
+    model = onnx.load(str(source), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    read: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in op_types and node.name not in excluded:
+            read.update(name for name in node.input if name and name not in weights)
+            if spec.quantize_outputs:
+                read.update(node.output)
+    return read
 
 
 def _output_options(spec: QuantizeSpec, op_types: list[str]) -> dict:
