@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 
 from vitdeploy.bench import measure as B
-from vitdeploy.build.pipeline import calibration_images
+from vitdeploy.build.pipeline import calibration_images, non_standard_ops
 from vitdeploy.core.progress import console, progress_bar
 from vitdeploy.data.classes import decode_size
 from vitdeploy.data.datasets import load_split, preprocess
@@ -148,7 +148,11 @@ def main() -> None:
     fp32 = Path(next(c["artifact"] for c in report["candidates"] if c["name"] == "fp32"))
     rows = [Row("FP32 (tune's baseline)", fp32), Row(f"tuned: {report['winner']}", Path(report["test"]["artifact"]))]
     rows += [Row(f"shipped: {name}", shipped(name)) for name in args.shipped.split(",") if name]
-    rows += nncf_rows(report, recipe, fp32, args.tune_json.parent, provider, args.reuse, args.accuracy_control)
+    foreign = non_standard_ops(fp32)
+    if foreign:  # an ONNX Runtime graph (the tune targeted ONNX Runtime alone): NNCF cannot read it
+        console.print(f"[yellow]no NNCF rows: {fp32.name} has ONNX Runtime's own operators ({', '.join(foreign)})")
+    else:
+        rows += nncf_rows(report, recipe, fp32, args.tune_json.parent, provider, args.reuse, args.accuracy_control)
 
     paths = [r.path for r in rows]
     cfg = B.BenchConfig(providers=providers, batches=batches, threads=(args.threads,), warmup=5,
