@@ -11,23 +11,30 @@ import torch
 
 from vitdeploy.build.pipeline import build
 from vitdeploy.core.errors import BuildError, RecipeError
+from vitdeploy.onnx.graph import activation_matmuls
 from vitdeploy.recipe.schema import load_recipe, parse_recipe
 
 from .conftest import TEACHER, TINY_OVERRIDES
 
 
-def test_portable_static_int8_is_checked_on_both_runtimes(cifar10: Path, tmp_path: Path) -> None:
-    pytest.importorskip("openvino")
-    recipe = {
-        "name": "portable",
+def teacher_recipe(name: str, tmp_path: Path, quantize: dict, runtimes: list[str]) -> dict:
+    """The reference teacher, scored on 500 test images, checked on `runtimes`."""
+    return {
+        "name": name,
         "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES | {"patch_size": 4, "embed_dim": 192, "depth": 6,
                                                                                  "num_heads": 3, "mlp_ratio": 2},
                   "checkpoint": str(TEACHER)},
-        "quantize": {"mode": "static", "calibration": {"samples": 64}},
+        "quantize": quantize,
         "evaluate": {"samples": 500},
-        "runtimes": ["onnxruntime", "openvino", "openvino-bf16"],
+        "runtimes": runtimes,
         "output": {"dir": str(tmp_path / "out")},
     }  # fmt: skip
+
+
+def test_portable_static_int8_is_checked_on_both_runtimes(cifar10: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    recipe = teacher_recipe("portable", tmp_path, {"mode": "static", "calibration": {"samples": 64}},
+                            ["onnxruntime", "openvino", "openvino-bf16"])  # fmt: skip
     path = tmp_path / "portable.yaml"
     path.write_text(json.dumps(recipe))
     import openvino as ov
@@ -60,16 +67,9 @@ def test_runtimes_are_validated() -> None:
 
 def test_nncf_backend_builds_a_checked_standard_int8_file(cifar10: Path, tmp_path: Path) -> None:
     pytest.importorskip("nncf")
-    recipe = {
-        "name": "by_nncf",
-        "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES | {"patch_size": 4, "embed_dim": 192, "depth": 6,
-                                                                                 "num_heads": 3, "mlp_ratio": 2},
-                  "checkpoint": str(TEACHER)},
-        "quantize": {"mode": "static", "backend": "nncf", "calibration": {"samples": 64}},
-        "evaluate": {"samples": 500, "torch": False},
-        "runtimes": ["onnxruntime", "openvino"],
-        "output": {"dir": str(tmp_path / "out")},
-    }  # fmt: skip
+    nncf = {"mode": "static", "backend": "nncf", "calibration": {"samples": 64}}
+    recipe = teacher_recipe("by_nncf", tmp_path, nncf, ["onnxruntime", "openvino"])
+    recipe["evaluate"]["torch"] = False  # the ONNX files are what is compared
     path = tmp_path / "by_nncf.yaml"
     path.write_text(json.dumps(recipe))
     m = build(load_recipe(path), path, torch.device("cpu"))
@@ -80,6 +80,16 @@ def test_nncf_backend_builds_a_checked_standard_int8_file(cifar10: Path, tmp_pat
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
     q = m["quantize"]
     assert q["backend"] == "nncf" and q["calibration"]["images"] == 64 and q["nncf_version"]
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def dequantized_within(tensor: str, steps: int = 4) -> bool:  # through reshapes, transposes, scales
+        node = producers.get(tensor)
+        return node is not None and (node.op_type == "DequantizeLinear" or (
+            steps > 0 and any(dequantized_within(i, steps - 1) for i in node.input[:1])))  # fmt: skip
+
+    products = set(activation_matmuls(onnx.load(str(tmp_path / "out" / "by_nncf.fp32.onnx"))))  # q k^T, attn v
+    scores = [n for n in model.graph.node if n.name in products and n.name.endswith("attn/MatMul")]
+    assert len(scores) == 6 and all(dequantized_within(i) for n in scores for i in n.input)  # NNCF places these itself
     head = q["excluded_nodes"]  # the classifier stays float, as with ONNX Runtime's quantizer
     assert head and not any(n.name in head and n.op_type == "DequantizeLinear" for n in model.graph.node)
     top1 = m["evaluate"]["top1"]
