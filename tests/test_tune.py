@@ -52,7 +52,8 @@ def test_every_candidate_is_a_valid_quantize_section_keeping_the_recipe_s_own_ch
     assert space[0].is_float and {c.quantize["mode"] for c in space} == {"none", "dynamic", "static"}
     for c in space[1:]:
         spec = QuantizeSpec(**c.quantize)
-        assert spec.op_types == ["MatMul"] and not spec.keep_classifier_fp32 and spec.max_accuracy_drop is None
+        fused_attention = ["Attention"] if spec.mode == "dynamic" else []  # dynamic INT8 runs it as QAttention
+        assert spec.op_types == ["MatMul", *fused_attention] and not spec.keep_classifier_fp32 and spec.max_accuracy_drop is None
     assert any(QuantizeSpec(**c.quantize).smooth_alpha for c in space)
 
 
