@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 import urllib.request
@@ -310,14 +311,20 @@ class DataStore:
             splits = splits | set(meta["splits"])  # a split not decoded yet: decoded beside those that are
         folder = self.folder(name)
         check_writable(folder)  # before decoding: a read-only cache fails at once
-        with storage_faults(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".decoding-", dir=folder) as staging:
-            if _is_cifar_binary(source):
-                sets = decode_cifar10_binary(source)
-            else:
-                sets = decode_imagefolder(source, splits, size, allocate=file_backed(Path(staging)))
-            return self._write(name, sets, str(source.resolve()), fingerprint, size)
+        created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
+        try:
+            with storage_faults(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".decoding-", dir=folder) as staging:
+                if _is_cifar_binary(source):
+                    sets = decode_cifar10_binary(source)
+                else:
+                    sets = decode_imagefolder(source, splits, size, allocate=file_backed(Path(staging)))
+                return self._write(name, sets, str(source.resolve()), fingerprint, size)
+        except BaseException:
+            if created is not None:  # a refused source leaves no cache folders behind
+                shutil.rmtree(created, ignore_errors=True)
+            raise
 
     def _write(self, name: str, sets: dict[str, ImageSet], source: str, fingerprint: str, size: int | None) -> dict:
         """Each split's files renamed (or written) into place, then meta.json, which makes them count."""
