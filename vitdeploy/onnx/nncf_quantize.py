@@ -36,12 +36,11 @@ def require_nncf() -> ModuleType:
 
 
 def quantize_with_nncf(
-    source: Path, target: Path, spec: QuantizeSpec, images: ImageBatches, input_name: str, excluded: list[str]
+    model: onnx.ModelProto, target: Path, spec: QuantizeSpec, images: ImageBatches, input_name: str, excluded: list[str]
 ) -> dict:
-    """NNCF PTQ (transformer preset) of `source` into `target`, calibrated on `images` one by one;
+    """NNCF PTQ (transformer preset) of `model` into `target`, calibrated on `images` one by one;
     `excluded`: node names left in float. Returns what was done, for the manifest."""
     nncf = require_nncf()
-    model = onnx.load(str(source))
     dataset = nncf.Dataset(range(len(images)), lambda i: {input_name: images[i : i + 1]})
     quantized = nncf.quantize(
         model,
@@ -50,7 +49,6 @@ def quantize_with_nncf(
         subset_size=len(images),
         ignored_scope=nncf.IgnoredScope(names=excluded, validate=False),
     )
-    del model
     with atomic_path(target) as tmp:
         onnx.save(quantized, str(tmp))
     return {

@@ -136,8 +136,8 @@ def quantize_model(
 
         if calibration is None:
             raise ValueError("static quantization needs calibration data")
-        excluded = nodes_to_exclude(onnx.load(str(source)), spec)
-        return quantize_with_nncf(source, target, spec, calibration.images, calibration.input_name, excluded)
+        model = onnx.load(str(source))  # read once: for the nodes left in float, then by NNCF
+        return quantize_with_nncf(model, target, spec, calibration.images, calibration.input_name, nodes_to_exclude(model, spec))
     # Shape inference writes two copies of the model (and a little more) without reporting a
     # full disk; measured: 2.2x the FP32 file free is enough.
     needed = 5 * source.stat().st_size // 2
