@@ -5,7 +5,8 @@
         [--json runs/tune_vs_peers.json] [--reuse] [--accuracy-control both|no-sq|none]
 
 Rows, each timed against the tune's FP32 file in paired rounds on the tune's providers and
-batches (`bench --baseline`), and scored on the whole test split on the tune's scoring runtime:
+batches (`bench --baseline`), and scored on the tune's scoring runtime on the test images it never scored a candidate on (the
+whole test split, or its rest after `tune --holdout-from test`):
 
 - the tuned artifact (`<name>.tuned.onnx`, built by tune on the test split);
 - the shipped recipes named by `--shipped` (their artifacts in artifacts/, built when missing);
@@ -42,7 +43,7 @@ from vitdeploy.data.classes import decode_size
 from vitdeploy.data.datasets import load_split, preprocess
 from vitdeploy.data.scoring import predict_accuracy
 from vitdeploy.onnx.graph import read_preprocess
-from vitdeploy.recipe.schema import Recipe, load_recipe
+from vitdeploy.recipe.schema import DataSpec, Recipe, load_recipe
 from vitdeploy.runtime.sessions import open_predictor
 from vitdeploy.torch.export import INPUT_NAME
 from vitdeploy.tune.search import Validation, candidate_recipe, openvino_targets
@@ -74,7 +75,7 @@ def nncf_rows(
     import nncf
 
     nncf.set_log_level(logging.ERROR)
-    validation = Validation(report["validation_images"], report.get("validation_split"))
+    validation = Validation.of_report(report, recipe)
     static = Candidate("nncf", "", {"mode": "static"})
     scored = candidate_recipe(recipe, static, validation, tuple(report["settings"]["providers"]))
     pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
@@ -161,7 +162,9 @@ def main() -> None:
         results = B.run_grid(B.onnx_cells(paths, cfg), cfg, bar, B.baseline_cells(paths, fp32, cfg))
     B.add_ratios(results, fp32.name)
     pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
-    test = load_split(recipe.data.model_copy(update={"holdout": None}), recipe.data.eval_split, decode_size(recipe))
+    # the test images tune never scored a candidate on: all of them, or the rest after --holdout-from test
+    reported = Validation.of_report(report, recipe).reported(recipe.data.model_dump() | {"holdout": None})
+    test = load_split(DataSpec.model_validate(reported), recipe.data.eval_split, decode_size(recipe))
     out = {"environment": B.environment(cfg), "tune": str(args.tune_json), "rows": []}
     head = "| row | test top-1 | " + " | ".join(f"{p} b{b}" for p in providers for b in batches) + " | made in |"
     lines = [head, "|" + "---|" * (3 + len(providers) * len(batches))]

@@ -33,11 +33,22 @@ def test_held_out_images_are_disjoint_from_training_and_always_the_same(cifar10:
     assert np.array_equal(load_split(spec, VALIDATION).images, held.images)
 
 
+def test_images_held_out_from_the_test_split_leave_training_whole_and_are_never_reported(cifar10: Path) -> None:
+    whole = DataSpec(dataset="cifar10", cache_dir=cifar10)
+    spec = DataSpec(dataset="cifar10", cache_dir=cifar10, holdout=200, holdout_from="test")
+    test, held = load_split(spec, "test"), load_split(spec, VALIDATION)
+    assert len(test) + len(held) == len(load_split(whole, "test")) and len(held) == 200
+    assert not {im.tobytes() for im in test.images} & {im.tobytes() for im in held.images}
+    assert np.array_equal(load_split(spec, "train").labels, load_split(whole, "train").labels)  # training reads every image
+    with pytest.raises(ValueError, match="holdout_from without holdout"):
+        DataSpec(holdout_from="test")
+
+
 def test_holding_out_every_image_is_refused() -> None:
     images = ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.arange(4), ("a", "b", "c", "d"))
     rest, held = images.hold_out(1, seed=0)
     assert len(rest) == 3 and len(held) == 1
-    with pytest.raises(Exception, match="must leave training images"):
+    with pytest.raises(Exception, match="must leave images in the train split"):
         images.hold_out(4, seed=0)
 
 
@@ -138,6 +149,15 @@ def test_tune_chooses_writes_a_recipe_that_rebuilds_the_winner_and_reuses_its_wo
     assert time.perf_counter() - start < first / 2  # every candidate and its timing reused
     assert again.output.count("reusing the earlier build") >= len(report["candidates"])
 
+    from vitdeploy.tune.search import reuse_manifest
+
+    manifest_path = tmp_path / "out" / "tiny.tuned.json"
+    assert reuse_manifest(tuned) is not None
+    made_elsewhere = json.loads(manifest_path.read_text())
+    made_elsewhere["environment"]["vitdeploy_source"] = "other code"
+    manifest_path.write_text(json.dumps(made_elsewhere))
+    assert reuse_manifest(tuned) is None  # built by other code: built again
+
 
 def test_an_openvino_target_keeps_candidates_portable_and_scores_them_there(tmp_path: Path) -> None:
     from vitdeploy.recipe.schema import ModelSpec, Recipe
@@ -202,3 +222,25 @@ def test_a_dataset_s_own_validation_split_scores_candidates_instead_of_training_
     assert validation_images(recipe, TuneSettings(max_drop=0.5, holdout=5)) == Validation(2)  # a fifth of 12
     with pytest.raises(UserError, match="--validation test: candidates are scored on a split of their own"):
         validation_images(recipe, TuneSettings(max_drop=0.5, validation_split="test"))
+
+
+def test_validation_images_held_out_from_the_test_split_are_never_in_the_reported_score(cifar10: Path, tmp_path: Path) -> None:
+    from vitdeploy.tune.search import Tried, candidate_recipe, validation_images, write_tuned_recipe
+
+    base = {"name": "all_train", "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES},
+            "data": {"dataset": "cifar10", "cache_dir": str(cifar10)}, "output": {"dir": str(tmp_path / "out")}}  # fmt: skip
+    (tmp_path / "all_train.yaml").write_text(yaml.safe_dump(base))
+    recipe = load_recipe(tmp_path / "all_train.yaml")
+    test_images = len(load_split(recipe.data, "test"))
+    validation = validation_images(recipe, TuneSettings(max_drop=0.5, holdout=10**6, holdout_from="test"))
+    assert validation == Validation(test_images // 2, source="test")  # at most half: the rest is reported
+    scored = candidate_recipe(recipe, candidates(recipe)[1], validation)
+    assert (scored.data.eval_split, scored.data.holdout_source) == (VALIDATION, "test")
+    assert len(load_split(scored.data, scored.data.train_split)) == len(load_split(recipe.data, "train"))
+    winner = Tried(candidates(recipe)[1], "all_train.dynamic", 80.0, 0.1)
+    tuned = load_recipe(write_tuned_recipe(recipe, tmp_path / "all_train.yaml", winner, validation, ("cpu",)))
+    assert tuned.data.eval_split == "test" and (tuned.data.holdout, tuned.data.holdout_from) == (validation.images, "test")
+    reported, held = load_split(tuned.data, "test"), load_split(scored.data, VALIDATION)
+    assert len(reported) + len(held) == test_images
+    with pytest.raises(UserError, match="give one"):
+        validation_images(recipe, TuneSettings(max_drop=0.5, holdout_from="test", validation_split="val"))

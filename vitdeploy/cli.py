@@ -175,6 +175,13 @@ def tune(
         str | None,
         typer.Option(help="score candidates on this split of the dataset's own (its val/) instead of held-out training images"),
     ] = None,
+    holdout_from: Annotated[
+        str | None,
+        typer.Option(
+            help="take the --holdout images from this split instead (test: for a model trained on every "
+            "training image; the test top-1 is then on the rest of the test split)"
+        ),
+    ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="paired rounds per timed cell")] = 3,
     duration: Annotated[float, typer.Option(min=0.1, help="seconds of timed runs per cell and round")] = 1.0,
     remeasure: Annotated[bool, typer.Option("--remeasure", help="time again what an earlier tune timed")] = False,
@@ -204,7 +211,7 @@ def tune(
         _validate(path)  # a broken student recipe is named before any work
     settings = TuneSettings(
         max_drop, provider_list(provider), batches, threads, minutes, holdout, rounds, duration, remeasure, student_paths,
-        validation,
+        validation, holdout_from,
     )  # fmt: skip
     with interrupt_on_sigterm():
         report = run_tune(r, recipe.resolve(), settings, resolve_device(device))
@@ -213,9 +220,10 @@ def tune(
 
 def tune_table(report: dict) -> Table:
     test = report["test"]
+    scored = "test split" if report.get("validation_source") != test.get("split") else "rest of the test split"
     table = Table(
         title=f"tune: {report['winner']} chosen ({report['validation_images']} validation images, "
-        f"FP32 {report['fp32_validation_top1']:.2f} %); test split: {test['test_top1']:.2f} % "
+        f"FP32 {report['fp32_validation_top1']:.2f} %); {scored}: {test['test_top1']:.2f} % "
         f"({test['test_drop']:+.2f} points vs FP32)"
     )
     for col in ("candidate", "val top-1", "drop", "size", "speed vs FP32", "verdict"):

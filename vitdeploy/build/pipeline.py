@@ -33,7 +33,7 @@ from vitdeploy.core.errors import BuildError
 from vitdeploy.core.locking import exclusive
 from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.progress import console
-from vitdeploy.core.storage import sha256_file, storage_faults, write_json_atomic
+from vitdeploy.core.storage import sha256_file, source_digest, storage_faults, write_json_atomic
 from vitdeploy.data.classes import check_head_matches, decode_size, mismatch, with_head_for_data
 from vitdeploy.data.datasets import ImageSet, PreprocessedImages, data_identity, load_split
 from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
@@ -186,6 +186,7 @@ def environment(runtimes: list[str]) -> dict:
     record = machine_record(openvino=any(r != "onnxruntime" for r in runtimes))
     return record | {
         "vitdeploy": __version__,
+        "vitdeploy_source": source_digest(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "onnx": onnx.__version__,

@@ -65,10 +65,10 @@ class ImageSet:
         chosen = self.held_out_mask(count, seed)
         return self.where(~chosen), self.where(chosen)
 
-    def held_out_mask(self, count: int, seed: int) -> np.ndarray:
+    def held_out_mask(self, count: int, seed: int, split: str = "train") -> np.ndarray:
         """Which images `hold_out` sets aside (reading only the labels: the images may be on disk)."""
         if count >= len(self):
-            raise UserError(f"data.holdout ({count}) must leave training images: the train split has {len(self)}")
+            raise UserError(f"data.holdout ({count}) must leave images in the {split} split: it has {len(self)}")
         chosen = np.zeros(len(self), dtype=bool)
         chosen[np.random.default_rng(seed).permutation(len(self))[:count]] = True
         return chosen
@@ -404,24 +404,26 @@ def dataset_name(spec: DataSpec) -> str:
     return f"{spec.dataset}-{hashlib.sha256(str(spec.source).encode()).hexdigest()[:8]}"
 
 
-VALIDATION = "validation"  # the split `DataSpec.holdout` sets aside from the train split
+VALIDATION = "validation"  # the split `DataSpec.holdout` sets aside (from the train split by default)
 HOLDOUT_SPLIT_SEED = 7
 
 
 def load_split(spec: DataSpec, split: str, size: int | None = None) -> ImageSet:
     """The split a recipe asks for, decoding its source into the cache first if needed.
 
-    With `spec.holdout`, the train split is what remains after its held-out images, which are
-    the split `validation`."""
+    With `spec.holdout`, the split the held-out images come from (`spec.holdout_source`: the
+    train split unless said otherwise) is what remains after them, and they are the split
+    `validation`."""
     store = DataStore(spec.cache_dir)
     name = dataset_name(spec)
+    source = spec.holdout_source
     if spec.source is not None:
-        wanted = {spec.train_split, spec.eval_split} - {VALIDATION} | {spec.train_split}
+        wanted = {spec.train_split, spec.eval_split, source} - {VALIDATION}
         store.import_source(name, spec.source, wanted, size)
-    if spec.holdout and split in (spec.train_split, VALIDATION):
-        train = store.load(name, spec.train_split)
-        held = train.held_out_mask(spec.holdout, seed=HOLDOUT_SPLIT_SEED)
-        return train.where(held if split == VALIDATION else ~held)  # only the side asked for is read
+    if spec.holdout and split in (source, VALIDATION):
+        whole = store.load(name, source)
+        held = whole.held_out_mask(spec.holdout, seed=HOLDOUT_SPLIT_SEED, split=source)
+        return whole.where(held if split == VALIDATION else ~held)  # only the side asked for is read
     return store.load(name, split)
 
 
@@ -494,6 +496,7 @@ def data_identity(spec: DataSpec) -> dict:
         "train_split": spec.train_split,
         "eval_split": spec.eval_split,
         **({"holdout": spec.holdout} if spec.holdout else {}),
+        **({"holdout_from": spec.holdout_from} if spec.holdout_from else {}),
         "preprocess": json.loads(spec.preprocess.cache_json()),
         **({"image_size": spec.image_size} if spec.image_size else {}),
     }

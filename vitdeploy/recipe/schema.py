@@ -119,7 +119,7 @@ class Preprocess(Section):
 
 
 class DataSpec(Section):
-    added_options: ClassVar[frozenset[str]] = frozenset({"image_size", "holdout"})
+    added_options: ClassVar[frozenset[str]] = frozenset({"image_size", "holdout", "holdout_from"})
     dataset: str = Field("cifar10", description="'cifar10' or any name for an ImageFolder")
     source: Path | None = Field(None, description="archive or folder; omit to use the cache filled by `vitdeploy data get`")
     train_split: str = "train"
@@ -133,11 +133,28 @@ class DataSpec(Section):
     """images of the train split set aside (a seeded choice) as the split `validation`: training,
     calibration and smoothing never read them, so `eval_split: validation` scores choices
     without touching the test split (`vitdeploy tune` does)"""
+    holdout_from: str | None = None
+    """the split `holdout` takes its images from (default: the train split). The eval split, for
+    a model trained on every training image: choices are then scored on images no model saw,
+    and the eval split means the rest of it, so what is reported was never chosen on"""
     image_size: int | None = Field(None, gt=0)
     """size images from `source` are decoded to (shorter side, then centre crop), whatever their
     own sizes and modes; default: the model's input size"""
     cache_dir: Path | None = None
     """where decoded arrays live; default $VITDEPLOY_CACHE or ~/.cache/vitdeploy"""
+
+    @model_validator(mode="after")
+    def _holdout_has_a_source(self) -> DataSpec:
+        if self.holdout_from is not None and not self.holdout:
+            raise ValueError("holdout_from without holdout: say how many images to set aside")
+        if self.holdout_from == "validation":
+            raise ValueError("holdout_from: 'validation' is the split holdout makes; name the split it comes from")
+        return self
+
+    @property
+    def holdout_source(self) -> str:
+        """The split the held-out images come from."""
+        return self.holdout_from or self.train_split
 
 
 # ---------------------------------------------------------------- stages

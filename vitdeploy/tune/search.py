@@ -2,7 +2,9 @@
 
 Accuracy is measured on a validation split set aside from the training images
 (`data.holdout`): calibration and training never read it, and the test split is left for the
-winner's own build. Speed is measured, not modelled: each candidate is timed right after the
+winner's own build. For a model trained on every training image, the validation images can be
+set aside from the test split instead (`data.holdout_from`), and the winner is then scored on
+the rest of it. Speed is measured, not modelled: each candidate is timed right after the
 FP32 file, round after round (`bench --baseline`), and one that is not faster than FP32 in
 every cell is never chosen. Built candidates and their timings are kept in the tune folder,
 so a second tune of the same recipe (another budget, say) only builds the winner.
@@ -23,7 +25,7 @@ from vitdeploy.core.errors import BuildError, UserError
 from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, write_json_atomic
 from vitdeploy.data.datasets import VALIDATION
-from vitdeploy.recipe.schema import Recipe
+from vitdeploy.recipe.schema import DataSpec, Recipe
 from vitdeploy.tune.space import Candidate, candidates, student_candidates
 
 
@@ -40,25 +42,42 @@ class TuneSettings:
     remeasure: bool = False  # time every candidate again, even those timed by an earlier tune
     students: tuple[Path, ...] = ()  # recipes of structured students (pruned, distilled) searched too
     validation_split: str | None = None  # a split of the dataset's own (val/) instead of held-out training images
+    holdout_from: str | None = None  # the split held-out images come from, when not the train split
 
 
 @dataclass(frozen=True)
 class Validation:
-    """The images every candidate is scored on: training images set aside (`split` None), or a
-    split of the dataset's own, which is fair to students when the model tuned was trained on
-    every training image (a student trained without the set-aside ones is not)."""
+    """The images every candidate is scored on: training images set aside (the default), a split
+    of the dataset's own (`split`), or images set aside from the test split (`source`). The last
+    two are fair to students when the model tuned was trained on every training image (a student
+    trained without the set-aside ones is not); with `source`, the test top-1 reported is on
+    the rest of the test split."""
 
     images: int
     split: str | None = None
+    source: str | None = None  # the split the held-out images come from; None: the train split
 
     def data(self, data: dict) -> dict:
         """A recipe's data section, scoring on these images."""
         if self.split is not None:
             return data | {"eval_split": self.split}
-        return data | {"holdout": self.images, "eval_split": VALIDATION}
+        return self.reported(data) | {"holdout": self.images, "eval_split": VALIDATION}
+
+    def reported(self, data: dict) -> dict:
+        """The tuned recipe's data section: its test split never holds a validation image."""
+        return data | {"holdout": self.images, "holdout_from": self.source} if self.source else data
+
+    @classmethod
+    def of_report(cls, report: dict, recipe: Recipe) -> Validation:
+        """The validation images a tune report was scored on."""
+        source = report.get("validation_source")
+        held_from_test = source not in (None, recipe.data.train_split)
+        return cls(report["validation_images"], report.get("validation_split"), source if held_from_test else None)
 
     def describe(self) -> str:
-        return f"the {self.images} images of split {self.split}" if self.split else f"{self.images} held-out training images"
+        if self.split:
+            return f"the {self.images} images of split {self.split}"
+        return f"{self.images} images held out from the {self.source or 'train'} split"
 
 
 @dataclass
@@ -158,6 +177,8 @@ def validation_images(recipe: Recipe, settings: TuneSettings) -> Validation:
 
     whole = recipe.data.model_copy(update={"holdout": None})  # memory-mapped: only the labels are read
     split = settings.validation_split
+    if settings.holdout_from not in (None, whole.train_split):
+        return held_out_of_test(whole, settings)
     if split is not None:
         if split in (whole.train_split, whole.eval_split, VALIDATION):
             raise UserError(
@@ -169,6 +190,21 @@ def validation_images(recipe: Recipe, settings: TuneSettings) -> Validation:
     return Validation(max(1, min(settings.holdout, train // 5)))
 
 
+def held_out_of_test(data: DataSpec, settings: TuneSettings) -> Validation:
+    """`settings.holdout` images of the test split (at most half of it) as the validation images."""
+    from vitdeploy.data.datasets import load_split
+
+    if settings.holdout_from != data.eval_split:
+        raise UserError(
+            f"--holdout-from {settings.holdout_from}: held-out images come from the train ({data.train_split}) "
+            f"or the test ({data.eval_split}) split"
+        )
+    if settings.validation_split is not None:
+        raise UserError("--holdout-from and --validation both choose the validation images: give one")
+    test = len(load_split(data, data.eval_split).labels)
+    return Validation(max(1, min(settings.holdout, test // 2)), source=data.eval_split)
+
+
 def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any) -> dict:
     """Search, choose, write `<name>.tuned.yaml` beside the recipe and build it; returns the report."""
     started = time.perf_counter()
@@ -176,10 +212,11 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     report_path = folder / "tune.json"
     earlier = read_earlier(report_path)
     validation = validation_images(recipe, settings)
-    if settings.students and validation.split is None:
+    if settings.students and validation.split is None and validation.source is None:
         console.print(
             "[yellow]students are scored on held-out training images: if the model tuned was trained on them "
-            "(the students are not), they favour it; a split of the dataset's own (--validation val) does not"
+            "(the students are not), they favour it; a split of the dataset's own (--validation val) or "
+            "images held out from the test split (--holdout-from test) do not"
         )
     tried = build_candidates(recipe, recipe_path, settings, validation, device, started)
     baseline = next((t for t in tried if is_baseline(t.candidate) and t.top1 is not None), None)
@@ -198,6 +235,7 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
         "settings": asdict(settings),
         "validation_images": validation.images,
         "validation_split": validation.split,
+        "validation_source": validation.source or recipe.data.train_split,
         "fp32_validation_top1": baseline.top1,
         "candidates": [t.record() for t in tried],
         "winner": winner.candidate.name,
@@ -361,8 +399,22 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
     return [s.nodes for s in found]
 
 
+TOOLS = ("vitdeploy_source", "torch", "timm", "onnx", "onnxruntime", "openvino")  # what makes a build's files
+
+
+def made_by(manifest: dict) -> tuple:
+    return tuple(manifest.get("environment", {}).get(k) for k in TOOLS)
+
+
+def made_by_now(r: Recipe) -> tuple:
+    from vitdeploy.build.pipeline import environment
+
+    return tuple(environment(list(r.runtimes)).get(k) for k in TOOLS)
+
+
 def reuse_manifest(r: Recipe) -> dict | None:
-    """The manifest of an earlier build of exactly this candidate, if its files are unchanged."""
+    """The manifest of an earlier build of exactly this candidate, if its files are unchanged and
+    the same code and libraries would make them."""
     import json
 
     path = r.output.dir / f"{r.artifact_name}.json"
@@ -370,7 +422,7 @@ def reuse_manifest(r: Recipe) -> dict | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if manifest.get("recipe", {}).get("sha256") != r.digest():
+    if manifest.get("recipe", {}).get("sha256") != r.digest() or made_by(manifest) != made_by_now(r):
         return None
     for record in manifest.get("artifacts", {}).values():
         file = r.output.dir / record["file"]
@@ -483,6 +535,8 @@ def write_tuned_recipe(
         f"{validation.describe()}, {speed} against FP32"
     )
     data["quantize"] = winner.candidate.quantize
+    if validation.source:
+        data["data"] = validation.reported(data.get("data", {}))
     if openvino_targets(providers):  # the graph the candidate was: standard operators, checked there
         data["runtimes"] = ["onnxruntime", *openvino_targets(providers)]
     target = source.with_name(f"{recipe.name}.tuned.yaml")
@@ -510,5 +564,6 @@ def build_tuned(tuned: Path, device: Any, runtime: str) -> dict:
         "test_top1_fp32": round(100 * top1["onnx_fp32"], 2),
         "test_top1": round(100 * final, 2),
         "test_drop": round(100 * (top1["onnx_fp32"] - final), 2),
+        "split": r.data.eval_split,
         "sha256": sha256_file(r.output.dir / manifest["artifacts"]["onnx"]["file"]),
     }
