@@ -98,6 +98,30 @@ def test_nncf_backend_builds_a_checked_standard_int8_file(cifar10: Path, tmp_pat
         assert abs(runtime["top1"] - top1["onnx_fp32"]) <= 0.02
 
 
+def test_nncf_accuracy_control_keeps_the_held_out_top1_within_its_budget(cifar10: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    from vitdeploy.data.datasets import VALIDATION, load_split, preprocess
+    from vitdeploy.runtime.sessions import open_predictor
+
+    quantize = {"mode": "static", "backend": "nncf", "nncf_max_drop": 0.0, "calibration": {"samples": 64}}
+    recipe = teacher_recipe("controlled", tmp_path, quantize, ["onnxruntime", "openvino"])
+    recipe |= {"evaluate": {"samples": 200, "torch": False}, "data": {"holdout": 300}}
+    path = tmp_path / "controlled.yaml"
+    path.write_text(json.dumps(recipe))
+    r = load_recipe(path)
+    control = build(r, path, torch.device("cpu"))["quantize"]["accuracy_control"]
+    assert control == {"max_drop": 0.0, "validation_images": 300, "scored_on": "openvino", "smooth_quant": False}
+    held = load_split(r.data, VALIDATION)
+    x = preprocess(held.images, r.data.preprocess)
+    top1 = {f: float((open_predictor(tmp_path / "out" / f, "openvino")(x).argmax(1) == held.labels).mean())
+            for f in ("controlled.fp32.onnx", "controlled.onnx")}  # fmt: skip
+    assert top1["controlled.onnx"] >= top1["controlled.fp32.onnx"]  # no image lost: the budget was 0 points
+    with pytest.raises(RecipeError, match=r"set data\.holdout"):
+        parse_recipe(recipe | {"data": {}})
+    with pytest.raises(RecipeError, match="it needs backend nncf"):
+        parse_recipe(recipe | {"quantize": {"mode": "static", "nncf_max_drop": 0.5}, "data": {"holdout": 10}})
+
+
 def test_nncf_backend_refuses_what_it_would_ignore() -> None:
     base = {"name": "r", "model": {"name": "vit_tiny_patch16_224"}, "runtimes": ["openvino"]}
     nncf = {"mode": "static", "backend": "nncf"}

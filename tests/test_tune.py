@@ -174,6 +174,28 @@ def test_an_openvino_target_keeps_candidates_portable_and_scores_them_there(tmp_
     assert candidate_recipe(recipe, by_nncf, Validation(100), ("openvino",)).quantize.backend == "nncf"
 
 
+def test_nncf_over_budget_gets_accuracy_control_with_the_budget_its_own_model_leaves() -> None:
+    from vitdeploy.tune.search import accuracy_controlled
+
+    def nncf(name: str, top1: float, source: Path | None = None) -> Tried:
+        return Tried(Candidate(name, name, {"mode": "static", "backend": "nncf"}, source=source), name, top1)
+
+    def float_student(name: str, top1: float, source: Path) -> Tried:
+        return Tried(Candidate(name, name, {"mode": "none"}, source=source), name, top1)
+
+    close, far = Path("close.yaml"), Path("far.yaml")
+    found = accuracy_controlled([
+        tried("fp32", 0.0), nncf("nncf", 79.0),  # 1.0 over the teacher's FP32 (80.0): the whole budget, 0.5
+        float_student("close.fp32", 79.8, close), nncf("close.nncf", 79.0, close),  # 0.2 spent in float: 0.3 left
+        float_student("far.fp32", 79.4, far), nncf("far.nncf", 79.0, far),  # 0.6 spent: nothing left
+        nncf("within", 79.6),
+    ], SETTINGS, Validation(100))  # fmt: skip
+    budgets = {c.name: c.quantize["nncf_max_drop"] for c in found}
+    assert budgets == {"nncf-accuracy-control": 0.5, "close.nncf-accuracy-control": 0.3}
+    assert next(c for c in found if c.source == close).quantize["backend"] == "nncf"
+    assert accuracy_controlled([tried("fp32", 0.0), nncf("nncf", 79.0)], SETTINGS, Validation(100, "val")) == []
+
+
 def test_a_pruned_student_in_float_can_win_when_it_is_faster_within_budget() -> None:
     fp32 = tried("fp32", 0.0)
     student = Tried(Candidate("pruned.fp32", "pruned", {"mode": "none"}, source=Path("pruned.yaml")), "pruned.fp32", 79.8, 0.2)

@@ -35,10 +35,11 @@ from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.progress import console
 from vitdeploy.core.storage import sha256_file, source_digest, storage_faults, write_json_atomic
 from vitdeploy.data.classes import check_head_matches, decode_size, mismatch, with_head_for_data
-from vitdeploy.data.datasets import ImageSet, PreprocessedImages, data_identity, load_split
+from vitdeploy.data.datasets import VALIDATION, ImageSet, PreprocessedImages, data_identity, load_split
 from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
 from vitdeploy.onnx.fusion import optimize_transformer
 from vitdeploy.onnx.graph import stamp_preprocess
+from vitdeploy.onnx.nncf_quantize import ValidationImages
 from vitdeploy.onnx.quantize import ArrayCalibrationReader, calibration_batch, quantize_model
 from vitdeploy.recipe.schema import Recipe
 from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session
@@ -517,7 +518,15 @@ def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: PreprocessedIm
     spec = recipe.quantize
     batch = calibration_batch(spec, tokens)
     reader = ArrayCalibrationReader(INPUT_NAME, images, batch) if spec.mode == "static" else None
-    return quantize_model(fp32, int8, spec, reader, correction_images=images if spec.bias_correction else None)
+    validation = accuracy_control_images(recipe, images.size) if spec.nncf_max_drop is not None and images else None
+    return quantize_model(fp32, int8, spec, reader, images if spec.bias_correction else None, validation)
+
+
+def accuracy_control_images(recipe: Recipe, img_size: int | None) -> ValidationImages:
+    """The held-out images (`data.holdout`) NNCF's accuracy control scores on, on the recipe's OpenVINO runtime."""
+    held = load_split(recipe.data, VALIDATION, decode_size(recipe))
+    provider = next(r for r in recipe.runtimes if r != "onnxruntime")
+    return ValidationImages(PreprocessedImages(held.images, recipe.data.preprocess, img_size), held.labels, provider)
 
 
 def check_accuracy_gate(recipe: Recipe, top1: dict[str, float]) -> None:

@@ -14,6 +14,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -39,6 +40,9 @@ from vitdeploy.onnx import detached
 from vitdeploy.onnx.bias_correction import correct_biases
 from vitdeploy.onnx.graph import activation_matmuls, output_producers, quantized_op_counts, weight_stats
 from vitdeploy.recipe.schema import QuantizeSpec
+
+if TYPE_CHECKING:
+    from vitdeploy.onnx.nncf_quantize import ValidationImages
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -127,17 +131,20 @@ def quantize_model(
     spec: QuantizeSpec,
     calibration: ArrayCalibrationReader | None = None,
     correction_images: ImageBatches | None = None,
+    validation: ValidationImages | None = None,
 ) -> dict:
     """Quantize `source` into `target` atomically; return what was done, for the manifest.
 
-    `correction_images` (preprocessed, NCHW) feed `spec.bias_correction`."""
+    `correction_images` (preprocessed, NCHW) feed `spec.bias_correction`; `validation`, NNCF's
+    accuracy control (`spec.nncf_max_drop`)."""
     if spec.backend == "nncf":
         from vitdeploy.onnx.nncf_quantize import quantize_with_nncf
 
         if calibration is None:
             raise ValueError("static quantization needs calibration data")
         model = onnx.load(str(source))  # read once: for the nodes left in float, then by NNCF
-        return quantize_with_nncf(model, target, spec, calibration.images, calibration.input_name, nodes_to_exclude(model, spec))
+        excluded = nodes_to_exclude(model, spec)
+        return quantize_with_nncf(model, target, spec, calibration.images, calibration.input_name, excluded, validation)
     # Shape inference writes two copies of the model (and a little more) without reporting a
     # full disk; measured: 2.2x the FP32 file free is enough.
     needed = 5 * source.stat().st_size // 2

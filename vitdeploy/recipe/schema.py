@@ -360,7 +360,7 @@ ORT_CALIBRATION_OPTIONS = frozenset({"method", "percentile", "batch_size", "minm
 
 
 class QuantizeSpec(Section):
-    added_options: ClassVar[frozenset[str]] = frozenset({"backend", "dynamic_nodes"})
+    added_options: ClassVar[frozenset[str]] = frozenset({"backend", "dynamic_nodes", "nncf_max_drop"})
 
     mode: Literal["none", "dynamic", "static"]
     """required in a quantize section, so that tuning a field never switches quantization on by itself;
@@ -371,6 +371,13 @@ class QuantizeSpec(Section):
         "symmetric int8 weights, asymmetric activations, its SmoothQuant and bias correction) on the standard "
         "ONNX graph; static only, needs `pip install 'vitdeploy[openvino]'` and an OpenVINO runtime in `runtimes`; "
         "of the options below it reads calibration.samples/split, exclude_nodes, keep_classifier_fp32",
+    )
+    nncf_max_drop: float | None = Field(
+        None,
+        ge=0,
+        description="backend nncf: NNCF's accuracy control instead of plain PTQ: quantizers are reverted, those costing "
+        "most first, until top-1 on the held-out images (`data.holdout`) drops by at most this many points; "
+        "NNCF's SmoothQuant is off in this mode",
     )
     format: Literal["qdq", "qoperator"] = "qdq"
     """static only: QuantizeLinear/DequantizeLinear pairs or QLinear* operators"""
@@ -436,6 +443,8 @@ class QuantizeSpec(Section):
             raise ValueError(f"mode is dynamic, so {', '.join(sorted(static_only))} (static only) would be ignored")
         if self.backend == "nncf":
             self._check_nncf_options(given)
+        elif self.nncf_max_drop is not None:
+            raise ValueError("nncf_max_drop is NNCF's accuracy control: it needs backend nncf")
         return self
 
     def _check_nncf_options(self, given: set[str]) -> None:
@@ -501,6 +510,12 @@ class Recipe(Section):
                 "quantize.backend nncf needs the standard-operator graph: add openvino to runtimes "
                 "(ONNX Runtime's fused operators are unknown to NNCF)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _accuracy_control_has_its_own_images(self) -> Recipe:
+        if self.quantize.nncf_max_drop is not None and not self.data.holdout:
+            raise ValueError("quantize.nncf_max_drop scores on held-out images, never the evaluation split: set data.holdout")
         return self
 
     @model_validator(mode="after")

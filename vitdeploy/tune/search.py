@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,12 @@ class Validation:
             return data | {"eval_split": self.split}
         return self.reported(data) | {"holdout": self.images, "eval_split": VALIDATION}
 
-    def reported(self, data: dict) -> dict:
-        """The tuned recipe's data section: its test split never holds a validation image."""
-        return data | {"holdout": self.images, "holdout_from": self.source} if self.source else data
+    def reported(self, data: dict, keep_holdout: bool = False) -> dict:
+        """The tuned recipe's data section: its test split never holds a validation image, and
+        with `keep_holdout` the validation images stay set aside (NNCF's accuracy control reads them)."""
+        if self.source:
+            return data | {"holdout": self.images, "holdout_from": self.source}
+        return data | {"holdout": self.images} if keep_holdout else data
 
     @classmethod
     def of_report(cls, report: dict, recipe: Recipe) -> Validation:
@@ -294,6 +297,7 @@ def build_candidates(
         if len(tried) == len(queue) and not fallbacks_added:
             fallbacks_added = True
             queue += fallback_candidates(recipe, tried, settings, validation)
+            queue += accuracy_controlled(tried, settings, validation)
     return tried
 
 
@@ -366,6 +370,27 @@ def fallback_candidates(recipe: Recipe, tried: list[Tried], settings: TuneSettin
             Candidate(f"static-dynamic{k}", f"static INT8 with its {groups} quantized dynamically (ranges per batch)",
                       base | {"dynamic_nodes": sorted(set().union(*ranking[:k]))}),
         ]  # fmt: skip
+    return found
+
+
+def accuracy_controlled(tried: list[Tried], settings: TuneSettings, validation: Validation) -> list[Candidate]:
+    """NNCF's accuracy control for each NNCF candidate over budget, with the budget its model
+    leaves: a student's own FP32 file has spent part of it already. It scores on held-out images,
+    so not with a split of the dataset's own (`--validation`)."""
+    fp32 = next((t for t in tried if is_baseline(t.candidate) and t.top1 is not None), None)
+    if fp32 is None or validation.split is not None:
+        return []
+    found = []
+    for t in tried:
+        c = t.candidate
+        if c.quantize.get("backend") != "nncf" or t.top1 is None or fp32.top1 - t.top1 <= settings.max_drop:
+            continue
+        own = next((u for u in tried if u.candidate.is_float and u.candidate.source == c.source and u.top1 is not None), None)
+        left = settings.max_drop - (fp32.top1 - own.top1) if own else 0.0
+        if left > 0:
+            idea = f"{c.idea}, with NNCF's accuracy control: quantizers reverted until within {left:.2g} points"
+            quantize = c.quantize | {"nncf_max_drop": round(left, 2)}
+            found.append(replace(c, name=f"{c.name}-accuracy-control", idea=idea, quantize=quantize))
     return found
 
 
@@ -535,8 +560,8 @@ def write_tuned_recipe(
         f"{validation.describe()}, {speed} against FP32"
     )
     data["quantize"] = winner.candidate.quantize
-    if validation.source:
-        data["data"] = validation.reported(data.get("data", {}))
+    if validation.source or "nncf_max_drop" in winner.candidate.quantize:
+        data["data"] = validation.reported(data.get("data", {}), keep_holdout=True)
     if openvino_targets(providers):  # the graph the candidate was: standard operators, checked there
         data["runtimes"] = ["onnxruntime", *openvino_targets(providers)]
     target = source.with_name(f"{recipe.name}.tuned.yaml")
