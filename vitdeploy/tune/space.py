@@ -84,6 +84,8 @@ def candidates(recipe: Recipe, smooth_alphas: tuple[float, ...] = (0.5, 0.8), nn
         Candidate("dynamic", "dynamic INT8: activation ranges computed per batch at run time, fused attention as QAttention",
                   shared | {"mode": "dynamic", "per_channel": True, "op_types": dynamic_op_types(shared)}),
         Candidate("static", "static INT8 (QDQ), per-channel weights, MinMax ranges", static()),
+        Candidate("static-per-tensor", "static INT8 with one scale per weight tensor (fewer scales to apply)",
+                  static(per_channel=False)),
         Candidate("static-percentile", "static INT8 with ranges clipped at the 99.999th percentile",
                   static(calibration={"method": "percentile"})),
         *[
