@@ -44,6 +44,20 @@ def test_images_held_out_from_the_test_split_leave_training_whole_and_are_never_
         DataSpec(holdout_from="test")
 
 
+def test_a_model_trained_for_tune_serves_the_tuned_build_unless_it_learnt_from_fewer_images(cifar10: Path) -> None:
+    from vitdeploy.build.pipeline import stage_keys
+    from vitdeploy.recipe.schema import Recipe
+
+    def keys(**data: object) -> list[str]:
+        stages = [{"stage": "finetune", "epochs": 1}]
+        spec = {"name": "r", "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES}, "stages": stages}
+        return stage_keys(Recipe.model_validate(spec | {"data": {"cache_dir": str(cifar10), **data}}))
+
+    reported = keys(holdout=100, holdout_from="test")
+    assert keys(holdout=100, holdout_from="test", eval_split=VALIDATION) == reported == keys()  # same training images
+    assert keys(holdout=100, eval_split=VALIDATION) == keys(holdout=100) != reported  # 100 fewer training images
+
+
 def test_holding_out_every_image_is_refused() -> None:
     images = ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.arange(4), ("a", "b", "c", "d"))
     rest, held = images.hold_out(1, seed=0)
@@ -142,6 +156,11 @@ def test_tune_chooses_writes_a_recipe_that_rebuilds_the_winner_and_reuses_its_wo
     assert tuned.quantize == QuantizeSpec(**winner["quantize"])
     built = json.loads((tmp_path / "out" / "tiny.tuned.json").read_text())
     assert built["recipe"]["sha256"] == tuned.digest() and report["test"]["artifact"].endswith("tiny.tuned.onnx")
+    from vitdeploy.tune.search import top1_on_test_images
+
+    # what a student's drop is measured against: the tuned model's FP32 file on the same test images
+    fp32_file = Path(by_name["fp32"]["artifact"])
+    assert abs(top1_on_test_images(tuned, fp32_file, "onnxruntime") - built["evaluate"]["top1"]["onnx_fp32"]) <= 0.01
 
     start = time.perf_counter()
     again = runner.invoke(app, [*args, "--max-drop", "10", "--device", "cpu"])  # another budget

@@ -224,7 +224,7 @@ def tune_table(report: dict) -> Table:
     table = Table(
         title=f"tune: {report['winner']} chosen ({report['validation_images']} validation images, "
         f"FP32 {report['fp32_validation_top1']:.2f} %); {scored}: {test['test_top1']:.2f} % "
-        f"({test['test_drop']:+.2f} points vs FP32)"
+        f"({-test['test_drop']:+.2f} points vs FP32 {test['test_top1_fp32']:.2f} %)"
     )
     for col in ("candidate", "val top-1", "drop", "size", "speed vs FP32", "verdict"):
         table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")

@@ -484,19 +484,20 @@ def batches(images: ImageSet, batch_size: int) -> Iterator[tuple[np.ndarray, np.
 
 
 def data_identity(spec: DataSpec) -> dict:
-    """What a trained model depends on in the data: which images (by content) and how they are fed."""
+    """What a trained model depends on in the data: which images it learns from (by content) and
+    how they are fed. Not the split it is scored on: training only reports a top-1 there, so a
+    student trained for `tune` (scored on held-out images) serves the tuned recipe's build too."""
     if spec.source is not None:
         fingerprint = source_fingerprint(spec.source)
     else:
         meta = DataStore(spec.cache_dir).meta(dataset_name(spec)) or {}
         fingerprint = meta.get("fingerprint", "absent")
+    trains_on_fewer = spec.holdout and spec.holdout_source == spec.train_split
     return {
         "dataset": dataset_name(spec),
         "fingerprint": fingerprint,
         "train_split": spec.train_split,
-        "eval_split": spec.eval_split,
-        **({"holdout": spec.holdout} if spec.holdout else {}),
-        **({"holdout_from": spec.holdout_from} if spec.holdout_from else {}),
+        **({"holdout": spec.holdout} if trains_on_fewer else {}),
         "preprocess": json.loads(spec.preprocess.cache_json()),
         **({"image_size": spec.image_size} if spec.image_size else {}),
     }

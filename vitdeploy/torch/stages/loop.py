@@ -386,6 +386,7 @@ def train(model: nn.Module, ctx: StageContext, cfg: TrainingConfig, loss_fn: Los
         **({"max_minutes": cfg.max_minutes} if cfg.max_minutes else {}),
         "train_images": len(train_set),
         "held_out_images": len(held_out),
+        "held_out_split": ctx.recipe.data.eval_split,  # whichever build trained it: the stage is shared
         "device": str(run.device),
         "processes": run.world,
         "seconds": round(time.perf_counter() - started, 2),
