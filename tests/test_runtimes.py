@@ -103,14 +103,14 @@ def test_nncf_accuracy_control_keeps_the_held_out_top1_within_its_budget(cifar10
     from vitdeploy.data.datasets import VALIDATION, load_split, preprocess
     from vitdeploy.runtime.sessions import open_predictor
 
-    quantize = {"mode": "static", "backend": "nncf", "nncf_max_drop": 0.0, "calibration": {"samples": 64}}
+    quantize = {"mode": "static", "backend": "nncf", "nncf_max_drop": 0.0, "calibration": {"samples": 32}}
     recipe = teacher_recipe("controlled", tmp_path, quantize, ["onnxruntime", "openvino"])
-    recipe |= {"evaluate": {"samples": 200, "torch": False}, "data": {"holdout": 300}}
+    recipe |= {"evaluate": {"samples": 100, "torch": False}, "data": {"holdout": 200}}
     path = tmp_path / "controlled.yaml"
     path.write_text(json.dumps(recipe))
     r = load_recipe(path)
     control = build(r, path, torch.device("cpu"))["quantize"]["accuracy_control"]
-    assert control == {"max_drop": 0.0, "validation_images": 300, "scored_on": "openvino", "smooth_quant": False}
+    assert control == {"max_drop": 0.0, "validation_images": 200, "scored_on": "openvino", "smooth_quant": False}
     held = load_split(r.data, VALIDATION)
     x = preprocess(held.images, r.data.preprocess)
     top1 = {f: float((open_predictor(tmp_path / "out" / f, "openvino")(x).argmax(1) == held.labels).mean())
