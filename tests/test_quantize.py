@@ -223,3 +223,84 @@ def test_calibrating_only_the_tensors_read_gives_the_same_ranges_and_file(vit_on
         quantize_with_ranges(typed, tmp_path / f"{name}.onnx", spec, tmp_path / f"{name}.json", excluded)
         files.append((tmp_path / f"{name}.onnx").read_bytes())
     assert files[0] == files[1]
+
+
+def quantized_inputs(model: onnx.ModelProto, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """The QuantizeLinear nodes whose values reach `node`'s inputs through Dequantize and data movement."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for tensor in node.input:
+        while tensor in producers and producers[tensor].op_type in {"DequantizeLinear", "Reshape", "Transpose"}:
+            tensor = producers[tensor].input[0]
+        if tensor in producers and producers[tensor].op_type == "QuantizeLinear":
+            found.append(producers[tensor])
+    return found
+
+
+def test_attention_int8_quantizes_q_k_v_symmetric_where_they_leave_their_linear_layers(vit_onnx: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(6).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    spec = QuantizeSpec(mode="static", attention="int8")
+    report = quantize_model(vit_onnx, tmp_path / "q.onnx", spec, ArrayCalibrationReader(INPUT_NAME, x, 8))
+    assert report["attention"] == {"products": "int8", "matmuls": 4, "quantizers_moved": 6}  # q, k, v of two blocks
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    products = [n for n in model.graph.node if n.name in activation_matmuls(onnx.load(str(vit_onnx)))]
+    for product in products:
+        quantizers = quantized_inputs(model, product)
+        assert len(quantizers) == 2  # both operands, the Softmax output among them for attention·v
+        for q in quantizers:
+            start = producers[q.input[0]].op_type
+            zero_point = inits[q.input[2]]
+            if start == "Softmax":
+                assert zero_point.dtype == np.uint8 and zero_point == 0
+            else:  # q, k or v, as the Linear layer (its bias Add) wrote it, before the reshape to heads
+                assert start == "Add" and zero_point.dtype == np.int8 and zero_point == 0
+    onnx.checker.check_model(model)  # still in topological order
+
+
+def test_moving_the_attention_quantizers_changes_no_output(vit_onnx: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from vitdeploy.onnx.attention_qdq import attention_matmuls, hoist_quantizers, symmetric_int8_overrides
+    from vitdeploy.onnx.quantize import calibrate, infer_types, nodes_to_exclude, quantize_with_ranges
+
+    x = np.random.default_rng(7).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    spec, typed = QuantizeSpec(mode="static", attention="int8"), tmp_path / "typed.onnx"
+    infer_types(vit_onnx, typed)
+    graph = onnx.load(str(typed))
+    excluded, products = nodes_to_exclude(graph, spec), attention_matmuls(graph, "int8")
+    save_tensors_data(
+        calibrate(typed, spec, ["MatMul", "Gemm"], ArrayCalibrationReader(INPUT_NAME, x, 8), excluded), tmp_path / "r.json"
+    )
+    at_inputs = tmp_path / "at_inputs.onnx"
+    quantize_with_ranges(
+        typed, at_inputs, spec, tmp_path / "r.json", excluded, overrides=symmetric_int8_overrides(graph, products)
+    )
+    moved = onnx.load(str(at_inputs))
+    assert hoist_quantizers(moved, products) == 6
+    onnx.save(moved, str(tmp_path / "moved.onnx"))
+
+    def logits(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {INPUT_NAME: x})[0]
+
+    np.testing.assert_allclose(logits(tmp_path / "moved.onnx"), logits(at_inputs), rtol=0, atol=1e-5)
+
+
+def test_attention_int8_needs_the_attention_matmuls_and_qdq(vit_onnx: Path, tmp_path: Path) -> None:
+    from vitdeploy.core.errors import UserError
+
+    with pytest.raises(ValueError, match="needs format qdq"):
+        QuantizeSpec(mode="static", attention="scores", format="qoperator")
+    with pytest.raises(ValueError, match="attention"):
+        QuantizeSpec(mode="static", attention="int8", backend="nncf")
+    fused = tmp_path / "fused.onnx"
+    raw = export_onnx(tiny_vit(), ExportSpec(), 32, tmp_path / "raw.onnx")
+    optimize_transformer(raw, fused, OptimizeSpec(), 3, 48, fuse_attention=True)
+    x = np.zeros((8, 3, 32, 32), np.float32)
+    with pytest.raises(UserError, match=r"no attention MatMuls.*fuse_attention"):
+        quantize_model(
+            fused, tmp_path / "q.onnx", QuantizeSpec(mode="static", attention="int8"), ArrayCalibrationReader(INPUT_NAME, x, 8)
+        )

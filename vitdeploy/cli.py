@@ -129,6 +129,7 @@ def check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
     table.add_row("stages", ", ".join(s.stage for s in r.stages) or "none")
     q = r.quantize
     how = "by NNCF" if q.backend == "nncf" else q.format
+    how += f", attention {q.attention}" if q.attention != "float" else ""
     table.add_row("quantize", q.mode if q.mode == "none" else f"{q.mode} {how}")
     table.add_row("output", str(r.output.dir / f"{r.artifact_name}.onnx"))
     out.print(table)

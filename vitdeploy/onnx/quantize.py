@@ -37,6 +37,7 @@ from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.storage import StorageError, atomic_path, require_space
 from vitdeploy.data.datasets import ImageBatches
 from vitdeploy.onnx import detached
+from vitdeploy.onnx.attention_qdq import attention_matmuls, hoist_quantizers, symmetric_int8_overrides
 from vitdeploy.onnx.bias_correction import correct_biases
 from vitdeploy.onnx.graph import activation_matmuls, output_producers, quantized_op_counts, weight_stats
 from vitdeploy.recipe.schema import QuantizeSpec
@@ -96,7 +97,7 @@ def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     # NNCF's transformer preset places the attention products' quantizers itself: on ViT-S/16,
     # kept out of its reach, its file ran at 0.86x / 0.95x its own default (OpenVINO, batch 1 / 8).
     if spec.weights_only_matmul and spec.backend == "onnxruntime":
-        excluded.update(activation_matmuls(model))
+        excluded.update(set(activation_matmuls(model)) - set(attention_matmuls(model, spec.attention)))
     if spec.keep_classifier_fp32:
         excluded.update(output_producers(model))
     excluded.update(n.name for n in model.graph.node if n.op_type in spec.exclude_op_types)
@@ -186,7 +187,16 @@ def infer_types(source: Path, target: Path) -> None:
 def _quantize(
     source: Path, target: Path, spec: QuantizeSpec, calibration: ArrayCalibrationReader | None, images: ImageBatches | None
 ) -> dict:
-    excluded = nodes_to_exclude(onnx.load(str(source)), spec)  # the graph is read, then let go
+    graph = onnx.load(str(source), load_external_data=False)
+    excluded = nodes_to_exclude(graph, spec)
+    products = attention_matmuls(graph, spec.attention) if spec.mode == "static" else []
+    if spec.mode == "static" and spec.attention != "float" and not products:
+        raise UserError(
+            f"quantize.attention is {spec.attention}, but {source.name} has no attention MatMuls: ONNX Runtime's "
+            "fused Attention operator computes them inside; leave optimize.fuse_attention at auto"
+        )
+    overrides = symmetric_int8_overrides(graph, products) if products else {}
+    del graph
     op_types = [t for t in spec.op_types if t not in spec.exclude_op_types]
     check_op_types(op_types, spec.mode)
     reduce_range = resolve_reduce_range(spec)
@@ -207,12 +217,13 @@ def _quantize(
             ranges = source.with_name("ranges.json")
             static_excluded = sorted({*excluded, *spec.dynamic_nodes})
             save_tensors_data(calibrate(source, spec, op_types, calibration, static_excluded), ranges)
-            quantize_with_ranges(source, tmp, spec, ranges, static_excluded)
+            quantize_with_ranges(source, tmp, spec, ranges, static_excluded, overrides=overrides)
             if spec.dynamic_nodes:
                 quantize_nodes_dynamically(tmp, spec, reduce_range)
         else:
             raise ValueError(f"nothing to quantize in mode {spec.mode!r}")
         quantized = onnx.load(str(tmp))
+        moved = hoist_quantizers(quantized, products) if products else 0
         # Shape annotations from symbolic inference are only for the quantizer; ORT re-infers them.
         del quantized.graph.value_info[:]
         stored = store_weights_int8(quantized, keep=set(excluded)) if spec.store_other_weights_int8 else []
@@ -231,6 +242,7 @@ def _quantize(
         "op_types": op_types,
         "excluded_nodes": excluded,
         **({"dynamic_nodes": spec.dynamic_nodes} if spec.dynamic_nodes else {}),
+        **({"attention": {"products": spec.attention, "matmuls": len(products), "quantizers_moved": moved}} if products else {}),
         "per_channel": spec.per_channel,
         "quantize_outputs": spec.quantize_outputs if spec.mode == "static" else False,
         "reduce_range": reduce_range,
@@ -260,12 +272,18 @@ def calibration_batch(spec: QuantizeSpec, tokens: int) -> int:
 
 
 def quantize_with_ranges(
-    source: Path, target: Path, spec: QuantizeSpec, ranges: Path, excluded: list[str], only: list[str] | None = None
+    source: Path,
+    target: Path,
+    spec: QuantizeSpec,
+    ranges: Path,
+    excluded: list[str],
+    only: list[str] | None = None,
+    overrides: dict[str, list[dict]] | None = None,
 ) -> None:
     """Static INT8 of `source` (typed by `infer_types`) into `target`, from ranges `calibrate` wrote.
 
     `only`: quantize these nodes alone (per-layer sensitivity), else every node of the spec's op
-    types but `excluded`."""
+    types but `excluded`; `overrides`: ONNX Runtime's per-tensor quantization overrides."""
     require_calibration_cache()
     op_types = [t for t in spec.op_types if t not in spec.exclude_op_types]
     quantize_static(
@@ -281,7 +299,7 @@ def quantize_with_ranges(
         nodes_to_quantize=only,
         nodes_to_exclude=excluded,
         calibrate_method=CALIBRATION_METHODS[spec.calibration.method],
-        extra_options=_output_options(spec, op_types),
+        extra_options=_output_options(spec, op_types) | ({"TensorQuantOverrides": overrides} if overrides else {}),
         calibration_cache_path=str(ranges),
     )
 

@@ -354,13 +354,14 @@ class CalibrationSpec(Section):
 
 ORT_QUANTIZER_OPTIONS = frozenset({
     "format", "per_channel", "reduce_range", "activation_type", "weight_type", "op_types", "weights_only_matmul",
+    "attention",
     "quantize_outputs", "exclude_op_types", "store_other_weights_int8", "bias_correction", "dynamic_nodes",
 })  # fmt: skip
 ORT_CALIBRATION_OPTIONS = frozenset({"method", "percentile", "batch_size", "minmax_stride_batches"})
 
 
 class QuantizeSpec(Section):
-    added_options: ClassVar[frozenset[str]] = frozenset({"backend", "dynamic_nodes", "nncf_max_drop"})
+    added_options: ClassVar[frozenset[str]] = frozenset({"backend", "dynamic_nodes", "nncf_max_drop", "attention"})
 
     mode: Literal["none", "dynamic", "static"]
     """required in a quantize section, so that tuning a field never switches quantization on by itself;
@@ -392,6 +393,13 @@ class QuantizeSpec(Section):
         description="ops to quantize; the default leaves Softmax/LayerNorm/GELU/Add in FP32",
     )
     weights_only_matmul: bool = Field(True, description="skip activation x activation MatMuls (attention scores)")
+    attention: Literal["float", "scores", "int8"] = Field(
+        "float",
+        description="static QDQ: the attention products in INT8. scores: q·kᵀ, with q and k quantized symmetric INT8 "
+        "where they leave their Linear layers, ahead of the reshapes to heads (NNCF's transformer placement); int8: "
+        "attention·v too (v the same way, the Softmax output unsigned 8-bit), so that OpenVINO runs the attention in "
+        "INT8; float: neither (weights_only_matmul false quantizes both at their inputs, ONNX Runtime's way)",
+    )
     quantize_outputs: bool = Field(
         False,
         description="static QDQ: also quantize the outputs of the quantized ops. ORT's default; off, a MatMul "
@@ -436,11 +444,13 @@ class QuantizeSpec(Section):
         given = {f for f in self.model_fields_set - {"mode"} if getattr(self, f) != getattr(defaults, f)}
         if self.mode == "none" and given:
             raise ValueError(f"mode is none, so {', '.join(sorted(given))} would be ignored; set a mode or drop them")
-        static_only = given & {"format", "calibration", "activation_type", "quantize_outputs", "dynamic_nodes"}
+        static_only = given & {"format", "calibration", "activation_type", "quantize_outputs", "dynamic_nodes", "attention"}
         if self.smooth_alpha or self.bias_correction:
             static_only -= {"calibration"}  # its images serve smoothing and bias correction in any mode
         if self.mode == "dynamic" and static_only:
             raise ValueError(f"mode is dynamic, so {', '.join(sorted(static_only))} (static only) would be ignored")
+        if self.attention != "float" and self.format != "qdq":
+            raise ValueError(f"attention: {self.attention} places Quantize/Dequantize pairs: it needs format qdq")
         if self.backend == "nncf":
             self._check_nncf_options(given)
         elif self.nncf_max_drop is not None:
