@@ -42,7 +42,7 @@ def shared_settings(recipe: Recipe) -> dict[str, Any]:
     spec = recipe.quantize
     if spec.mode == "none":
         return {}
-    varied = {"mode", "max_accuracy_drop", "smooth_alpha", "bias_correction", "per_channel"} | STATIC_ONLY
+    varied = {"mode", "max_accuracy_drop", "smooth_alpha", "bias_correction", "per_channel", "attention"} | STATIC_ONLY
     return {k: v for k, v in spec.model_dump(mode="json", exclude_defaults=True).items() if k not in varied}
 
 
@@ -96,6 +96,9 @@ def candidates(recipe: Recipe, smooth_alphas: tuple[float, ...] = (0.5, 0.8), nn
         Candidate("static-bias-correction", "static INT8, then each layer's mean output error subtracted from its bias",
                   static(bias_correction=True)),
     ]  # fmt: skip
+    if recipe.optimize.fuse_attention is not True:  # ONNX Runtime's fused Attention hides the products
+        found.append(Candidate("static-attention-int8", "static INT8 with the attention products in INT8 too (q, k, v "
+                               "quantized where they leave their Linear layers)", static(attention="int8")))  # fmt: skip
     if nncf:
         found.append(Candidate("nncf", "NNCF's post-training quantization (transformer preset): its own quantizer "
                                        "placement, SmoothQuant and bias correction", nncf_settings(recipe)))  # fmt: skip
