@@ -1,6 +1,6 @@
 """How often INT8 files pick the same class as their FP32 file: top-1 agreement on test images.
 
-    python benchmarks/int8_agreement.py [--model vit_b16] [--images 1000]
+    python benchmarks/int8_agreement.py [--model vit_b16] [--images 1000] [--also FILE@openvino ...]
 
 For the random-weight models of `recipes/scale/` top-1 against the labels is chance, so the
 check that INT8 kept the model's function is agreement with the FP32 file on the same images
@@ -51,6 +51,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit_b16")
     p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--also", nargs="*", default=[], help="more INT8 files, each FILE@onnxruntime or FILE@openvino")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     recipe = load_recipe(ROOT / "recipes" / "scale" / f"{args.model}_int8_portable.yaml")
@@ -63,6 +64,10 @@ def main() -> None:
         ("vitdeploy INT8 by NNCF (quantize.backend nncf), OpenVINO", out / f"{args.model}_int8_nncf.onnx", openvino_runner),
         ("NNCF PTQ -> OpenVINO (peer)", out / f"{args.model}_nncf_ptq.onnx", openvino_runner),
     ]
+    runners = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
+    for entry in args.also:
+        file, _, runtime = entry.rpartition("@")
+        rows.append((f"{Path(file).name}, {runtime}", Path(file), runners[runtime]))
     reference = None
     report = []
     for label, path, runner in rows:

@@ -80,6 +80,9 @@ def test_every_candidate_is_a_valid_quantize_section_keeping_the_recipe_s_own_ch
         fused_attention = ["Attention"] if spec.mode == "dynamic" else []  # dynamic INT8 runs it as QAttention
         assert spec.op_types == ["MatMul", *fused_attention] and not spec.keep_classifier_fp32 and spec.max_accuracy_drop is None
     assert any(QuantizeSpec(**c.quantize).smooth_alpha for c in space)
+    assert [c.name for c in space if QuantizeSpec(**c.quantize).attention == "int8"] == ["static-attention-int8"]
+    fused = recipe.model_copy(update={"optimize": recipe.optimize.model_copy(update={"fuse_attention": True})})
+    assert not any(QuantizeSpec(**c.quantize).attention != "float" for c in candidates(fused))  # nothing to quantize
 
 
 def tried(name: str, drop: float, *speedups: float) -> Tried:
