@@ -270,6 +270,11 @@ def onnx_garbage(folder: Path) -> list[str]:
     return ["bench", "m.onnx", "--duration", "0.1"]
 
 
+def package_a_recipe(folder: Path) -> list[str]:
+    (folder / "mine.yaml").write_text("name: mine\nmodel: {name: vit_tiny_patch16_224}\n")
+    return ["package", "mine.yaml"]
+
+
 def onnx_external_escape(folder: Path) -> list[str]:
     classifier(folder / "m.onnx", external="../../../etc/passwd")
     return ["bench", "m.onnx", "--duration", "0.1"]
@@ -384,6 +389,7 @@ GENERATED: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "float_pixels": (float_image, r"train/cat/float.png: floating-point pixels"),
     "onnx_truncated": (onnx_truncated, r"m.onnx: not a readable ONNX model; truncated or corrupt"),
     "onnx_random_bytes": (onnx_garbage, r"m.onnx: not a readable ONNX model"),
+    "package_given_the_recipe": (package_a_recipe, r"mine.yaml: a recipe, not an ONNX model; give the .onnx file"),
     "onnx_external_data_escapes": (onnx_external_escape, r"m.onnx: external data '../../../etc/passwd' lies outside"),
     "onnx_external_data_absolute": (onnx_external_absolute, r"m.onnx: external data '/etc/passwd' lies outside"),
     "package_without_manifest": (package_without_manifest, r"m.onnx: no build manifest m.json beside it"),

@@ -123,6 +123,8 @@ def load_checked(path) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such ONNX file")
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        raise UserError(f"{path}: a recipe, not an ONNX model; give the .onnx file `vitdeploy build {path}` wrote")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError and friends
