@@ -38,7 +38,7 @@ def onnxruntime_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def openvino_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from vitdeploy.runtime.openvino import batch_predictor, compile_model
+    from vitdeploy.runtime.backends.openvino import batch_predictor, compile_model
 
     return batch_predictor(compile_model(path, None, None))
 

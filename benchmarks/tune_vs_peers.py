@@ -46,7 +46,7 @@ from vitdeploy.onnx.graph import read_preprocess
 from vitdeploy.recipe.schema import DataSpec, Recipe, load_recipe
 from vitdeploy.runtime.sessions import open_predictor
 from vitdeploy.torch.export import INPUT_NAME
-from vitdeploy.tune.search import Validation, candidate_recipe, openvino_targets
+from vitdeploy.tune.search import Validation, candidate_recipe, scoring_provider
 from vitdeploy.tune.space import Candidate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def main() -> None:
     report = json.loads(args.tune_json.read_text())
     recipe = load_recipe(Path(report["recipe"]))
     providers, batches = tuple(report["settings"]["providers"]), tuple(report["settings"]["batches"])
-    provider = next(iter(openvino_targets(providers)), "cpu")  # where tune scored its candidates
+    provider = scoring_provider(providers)  # where tune scored its candidates
     fp32 = Path(next(c["artifact"] for c in report["candidates"] if c["name"] == "fp32"))
     rows = [Row("FP32 (tune's baseline)", fp32), Row(f"tuned: {report['winner']}", Path(report["test"]["artifact"]))]
     rows += [Row(f"shipped: {name}", shipped(name)) for name in args.shipped.split(",") if name]

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitdeploy.core.errors import BuildError, UserError
-from vitdeploy.core.providers import choices_help, provider_list
+from vitdeploy.core.providers import choices_help, get_provider, provider_list
 from vitdeploy.core.storage import STORAGE_ERRNOS, storage_error
 
 # Plain click help: rich's boxed panels wrap option descriptions badly at 80 columns.
@@ -511,7 +511,7 @@ def _torch_cells(recipe: Path, cfg, compiled: bool, amp: bool) -> list:
     variants += [(c, True) for c, _ in variants] if amp else []
     cells = []
     for prov, b, t, (c, a) in itertools.product(cfg.providers, cfg.batches, cfg.threads, variants):
-        if a and prov == "cpu":
+        if a and not get_provider(prov).on_gpu:
             continue  # AMP is a GPU measurement
         run = functools.partial(measure_torch, label, model, prov, b, t, compiled=c, amp=a)
         kind = ("compile" if c else "eager") + (" amp" if a else "")
@@ -602,7 +602,7 @@ def predict(
     with tempfile.TemporaryDirectory(prefix="vitdeploy-bundle-") as scratch:
         opened = B.open_bundle(bundle, Path(scratch))
         run = P.bundle_predictor(opened, provider, threads)
-        if provider == "cpu":
+        if get_provider(provider).is_reference:  # ONNX Runtime's x86 INT8 kernels
             from vitdeploy.core.cpu import cpu_isa
 
             risk = P.int8_saturation_risk(opened.manifest.get("quantization"), cpu_isa())

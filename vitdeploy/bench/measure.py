@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import psutil
 from rich.progress import Progress
 
@@ -36,6 +35,8 @@ from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.providers import PROVIDERS, get_provider
 from vitdeploy.onnx.graph import load_checked, read_preprocess, weight_stats
 from vitdeploy.runtime import sessions
+from vitdeploy.runtime.backends import backend_for
+from vitdeploy.runtime.backends.base import TimedModel, TimingSettings
 from vitdeploy.runtime.environment import machine_record
 
 
@@ -188,18 +189,6 @@ def kernel_peak_rss() -> int | None:
     return None
 
 
-def model_input(session: ort.InferenceSession, batch: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:
-    inp = session.get_inputs()[0]
-    dims = list(inp.shape)
-    if isinstance(dims[0], int) and dims[0] != batch:
-        raise ValueError(f"model input '{inp.name}' has a fixed batch {dims[0]}, cannot run batch {batch}")
-    if not all(isinstance(d, int) for d in dims[1:]):
-        raise ValueError(f"model input '{inp.name}' has dynamic dims {dims[1:]}; give a fixed-size model")
-    if inp.type != "tensor(float)":
-        raise ValueError(f"model input '{inp.name}' is {inp.type}; bench feeds float32 images")
-    return inp.name, rng.standard_normal([batch, *dims[1:]], dtype=np.float32)
-
-
 def timed_runs(run: Callable[[], object], cfg: BenchConfig) -> list[float]:
     """Seconds per run, after warm-up, until duration and min_iters (or exactly iters) are met."""
     for _ in range(cfg.warmup):
@@ -221,16 +210,16 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return float(np.percentile(sorted_ms, q, method="linear"))
 
 
-def provider_options(provider: str, cfg: BenchConfig) -> dict[str, str]:
-    """The execution provider's options this config asks for."""
-    return {"enable_cuda_graph": "1"} if provider == "cuda" and cfg.cuda_graph else {}
+def timing_settings(cfg: BenchConfig, profile_prefix: str | None = None) -> TimingSettings:
+    return TimingSettings(cfg.seed, cfg.include_copies, cfg.cuda_graph, profile_prefix)
 
 
-def open_session(path: Path, provider: str, threads: int | None, cfg: BenchConfig, profile_prefix: str | None = None):
-    """The session for one cell; a provider that is missing or falls back marks the cell skipped."""
+def open_timed(path: Path, provider: str, batch: int, threads: int | None, cfg: BenchConfig,
+               profile_prefix: str | None = None) -> TimedModel:  # fmt: skip
+    """The model of one cell, ready to time; a provider that is missing or falls back marks the cell skipped."""
+    prov = get_provider(provider)
     try:
-        options = provider_options(provider, cfg)
-        return sessions.open_session(path, provider, threads, options=options, profile_prefix=profile_prefix)
+        return backend_for(prov).open_timed(path, prov, batch, threads, timing_settings(cfg, profile_prefix))
     except sessions.ProviderUnavailable as err:
         raise RuntimeError(f"{err}; skipped") from None
 
@@ -239,21 +228,24 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
     """One cell of the grid. Errors are returned in the result, never raised."""
     result = Result(model=path.name, provider=provider, batch=batch, threads=threads)
     try:
+        prov = get_provider(provider)
         result.file_bytes = path.stat().st_size
         # Refuses corrupt files and external data outside the model's folder before ORT reads them.
         stats = weight_stats(load_checked(path))
         result.parameters, result.int8_share = stats["parameters"], stats["int8_share"]
         with PeakRSS() as rss:
             t0 = time.perf_counter()
-            run, handle = open_runner(path, provider, batch, threads, cfg)
+            timed = open_timed(path, provider, batch, threads, cfg)
             result.session_create_s = time.perf_counter() - t0
-            result.time_runner(run, cfg)
-            if get_provider(provider).on_gpu:
+            result.time_runner(timed.run, cfg)
+            if prov.on_gpu:
                 result.peak_device_mb = device_memory_mb()
         result.peak_rss_mb, result.model_rss_mb = rss.peak_mb, rss.added_mb
-        del run, handle
-        ep = get_provider(provider).execution_provider
-        if ep and (provider != "cpu" or cfg.profile_dir):
+        del timed
+        ep = prov.execution_provider
+        # ONNX Runtime's profile says which nodes ran on the CPU: asked for on a GPU provider it may
+        # place some there without a word.
+        if ep and (prov.on_gpu or cfg.profile_dir):
             # A separate short session: profiling slows the runs it records.
             profile = profile_cell(path, provider, batch, threads, cfg)
             result.nodes_on_cpu = len(profile.cpu_nodes)
@@ -265,40 +257,17 @@ def measure(path: Path, provider: str, batch: int, threads: int | None, cfg: Ben
     return result
 
 
-def open_runner(
-    path: Path, provider: str, batch: int, threads: int | None, cfg: BenchConfig
-) -> tuple[Callable[[], object], object]:
-    """A zero-argument callable doing one inference on random input, and the session behind it."""
-    rng = np.random.default_rng(cfg.seed)
-    prov = get_provider(provider)
-    if prov.runtime == "openvino":
-        from vitdeploy.runtime import openvino as ovr
-
-        try:
-            compiled = sessions.compile_openvino(path, provider, threads, batch)
-        except sessions.ProviderUnavailable as err:
-            raise RuntimeError(f"{err}; skipped") from None
-        shape = [batch, *list(compiled.inputs[0].get_shape())[1:]]
-        x = rng.standard_normal(shape, dtype=np.float32)
-        return ovr.bound_request(compiled, x), compiled
-    session = open_session(path, provider, threads, cfg)
-    name, x = model_input(session, batch, rng)
-    return make_runner(session, name, x, provider, cfg), session
-
-
 def profile_cell(path: Path, provider: str, batch: int, threads: int | None, cfg: BenchConfig) -> OpProfile:
     """ORT's profiler over `profile_runs` runs after warm-up (placement only: 3 runs)."""
     runs = cfg.profile_runs if cfg.profile_dir else 3
     folder = Path(cfg.profile_dir or tempfile.mkdtemp(prefix="vitdeploy-profile-"))
     folder.mkdir(parents=True, exist_ok=True)
     prefix = folder / (f"{path.stem}_{provider}_b{batch}" + (f"_t{threads}" if threads else ""))
-    session = open_session(path, provider, threads, cfg, profile_prefix=str(prefix))
-    name, x = model_input(session, batch, np.random.default_rng(cfg.seed))
-    run = make_runner(session, name, x, provider, cfg)
+    timed = open_timed(path, provider, batch, threads, cfg, profile_prefix=str(prefix))
     warmup = min(cfg.warmup, 5) + 1
     for _ in range(warmup + runs):
-        run()
-    trace = Path(session.end_profiling())
+        timed.run()
+    trace = Path(timed.handle.end_profiling())
     profile = read_trace(trace, skip_runs=warmup)
     if not cfg.profile_dir:
         trace.unlink(missing_ok=True)
@@ -318,26 +287,6 @@ def device_memory_mb() -> float | None:
         return None
     mine = [float(used) for pid, used in (line.split(",") for line in out.splitlines() if "," in line) if int(pid) == os.getpid()]
     return sum(mine) if mine else None
-
-
-def make_runner(session: ort.InferenceSession, name: str, x: np.ndarray, provider: str, cfg: BenchConfig):
-    """A zero-argument callable doing one inference; device-resident I/O on GPU providers."""
-    if provider == "cpu" or cfg.include_copies:
-        feeds = {name: x}
-        return lambda: session.run(None, feeds)
-    # IO binding keeps input and output on the device, so host copies are not timed. A CUDA
-    # graph replays fixed addresses, so the outputs are allocated here once, not per run.
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-    for out in session.get_outputs():
-        shape = [x.shape[0] if not isinstance(d, int) else d for d in out.shape]
-        buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0)
-        binding.bind_ortvalue_output(out.name, buffer)
-
-    def run() -> None:
-        session.run_with_iobinding(binding)
-
-    return run
 
 
 def baseline_for(name: str, names: list[str], explicit: str | None) -> str:
@@ -407,13 +356,15 @@ def paired_speedup(result: Result, base: Result) -> float | None:
 
 def environment(cfg: BenchConfig) -> dict:
     known = [PROVIDERS[p] for p in cfg.providers if p in PROVIDERS]
-    return machine_record(openvino=any(p.runtime == "openvino" for p in known)) | {
+    return machine_record(known) | {
         "graph_optimization_level": "ORT_ENABLE_ALL",
         "execution_mode": "sequential",
         "inter_op_threads": 1,
         "cpu_mem_arena": True,
         "throughput": "batch / median latency" + (f"; median of {cfg.rounds} round-robin rounds" if cfg.rounds > 1 else ""),
-        "provider_options": {p.name: provider_options(p.name, cfg) for p in known if p.execution_provider},
+        "provider_options": {
+            p.name: backend_for(p).provider_options(p, timing_settings(cfg)) for p in known if p.execution_provider
+        },
         "gpu": gpu_name(),
         "config": asdict(cfg) | {"profile_dir": str(cfg.profile_dir) if cfg.profile_dir else None},
     }

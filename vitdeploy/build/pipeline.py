@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from pydantic import BaseModel
 from torch import nn
@@ -33,6 +32,7 @@ from vitdeploy.core.errors import BuildError
 from vitdeploy.core.locking import exclusive
 from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.progress import console
+from vitdeploy.core.providers import target_provider
 from vitdeploy.core.storage import sha256_file, source_digest, storage_faults, write_json_atomic
 from vitdeploy.data.classes import check_head_matches, decode_size, mismatch, with_head_for_data
 from vitdeploy.data.datasets import VALIDATION, ImageSet, PreprocessedImages, data_identity, load_split
@@ -42,6 +42,7 @@ from vitdeploy.onnx.graph import stamp_preprocess
 from vitdeploy.onnx.nncf_quantize import ValidationImages
 from vitdeploy.onnx.quantize import ArrayCalibrationReader, calibration_batch, quantize_model
 from vitdeploy.recipe.schema import Recipe
+from vitdeploy.runtime.backends import backend_for
 from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session
 from vitdeploy.torch.evaluate import torch_accuracy
 from vitdeploy.torch.export import INPUT_NAME, Parity, check_parity, export_onnx, reference_logits
@@ -184,7 +185,7 @@ def environment(runtimes: list[str]) -> dict:
 
     from vitdeploy.runtime.environment import machine_record
 
-    record = machine_record(openvino=any(r != "onnxruntime" for r in runtimes))
+    record = machine_record(target_provider(r) for r in runtimes)
     return record | {
         "vitdeploy": __version__,
         "vitdeploy_source": source_digest(),
@@ -381,7 +382,7 @@ def model_record(model: nn.Module, img_size: int) -> dict:
 
 def portable(recipe: Recipe) -> bool:
     """Runtimes other than ONNX Runtime read standard ONNX operators only."""
-    return any(r != "onnxruntime" for r in recipe.runtimes)
+    return any(target_provider(r).standard_ops_only for r in recipe.runtimes)
 
 
 @dataclass(frozen=True)
@@ -525,7 +526,7 @@ def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: PreprocessedIm
 def accuracy_control_images(recipe: Recipe, img_size: int | None) -> ValidationImages:
     """The held-out images (`data.holdout`) NNCF's accuracy control scores on, on the recipe's OpenVINO runtime."""
     held = load_split(recipe.data, VALIDATION, decode_size(recipe))
-    provider = next(r for r in recipe.runtimes if r != "onnxruntime")
+    provider = next(p.name for p in map(target_provider, recipe.runtimes) if "nncf" in p.quantizers)
     return ValidationImages(PreprocessedImages(held.images, recipe.data.preprocess, img_size), held.labels, provider)
 
 
@@ -561,21 +562,23 @@ def check_runtimes(
     pre = recipe.data.preprocess
     report = {}
     # Read once: every runtime but ONNX Runtime needs standard operators only.
-    foreign = non_standard_ops(final) if any(r != "onnxruntime" for r in recipe.runtimes) else []
+    foreign = non_standard_ops(final) if portable(recipe) else []
     for runtime in recipe.runtimes:
-        if foreign and runtime != "onnxruntime":
+        provider = target_provider(runtime)
+        if foreign and provider.standard_ops_only:
             raise BuildError(f"runtime {runtime}: the artifact holds non-standard operators {foreign}; no artifact written")
-        if runtime == "onnxruntime":
+        if provider.is_reference:  # what the build measured on ONNX Runtime, reused
             final_top1 = top1.get("onnx_int8", top1["onnx_fp32"])
             parity = fp32_parity if int8 is None else check_parity(reference, final, parity_set, pre, size)
         else:
             try:
-                predict = open_predictor(final, runtime)  # compiled once for both checks
+                predict = open_predictor(final, provider.name)  # compiled once for both checks
             except ProviderUnavailable as err:  # a CPU without bfloat16, say: nothing to check it on
                 raise BuildError(f"runtime {runtime}: {err}; no artifact written") from None
             final_top1 = predict_accuracy(predict, eval_set, pre, size, eval_batch, f"{runtime} {final.name}")
             parity = check_parity(reference, final, parity_set, pre, size, predict=predict)
-        report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": runtime_version(runtime)}
+        version = backend_for(provider).version()
+        report[runtime] = {"top1": final_top1, "parity_vs_pytorch": parity.as_dict(), "version": version}
     return report
 
 
@@ -584,14 +587,6 @@ def non_standard_ops(path: Path) -> list[str]:
 
     model = onnx.load(str(path), load_external_data=False)
     return sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
-
-
-def runtime_version(runtime: str) -> str | None:
-    if runtime == "onnxruntime":
-        return ort.__version__
-    from vitdeploy.runtime.openvino import version  # the other runtimes are OpenVINO's
-
-    return version()
 
 
 def preprocessing_record(recipe: Recipe, img_size: int, classes: tuple[str, ...]) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vitdeploy.bench import measure as B
 from vitdeploy.core.errors import UserError
+from vitdeploy.core.providers import get_provider
 from vitdeploy.recipe.schema import Recipe, load_recipe
 
 # The survey's CIFAR-10 table (ImageNet-pretrained ViT-B/16 baseline): top-1 %, size MB, CPU speedup.
@@ -136,10 +137,13 @@ def collect(recipe_paths: list[Path], build: bool, device: str = "auto") -> tupl
     return rows, notes
 
 
-def providers_present() -> tuple[str, ...]:
-    import onnxruntime as ort
+REPORT_PROVIDERS = ("cpu", "cuda")  # the report's columns, where each can run
 
-    return ("cpu", "cuda") if "CUDAExecutionProvider" in ort.get_available_providers() else ("cpu",)
+
+def providers_present() -> tuple[str, ...]:
+    from vitdeploy.runtime.backends import backend_for
+
+    return tuple(p for p in REPORT_PROVIDERS if backend_for(p).missing_reason(get_provider(p)) is None)
 
 
 def time_rows(rows: list[Row], cfg: B.BenchConfig, baseline: Row, bar) -> dict:

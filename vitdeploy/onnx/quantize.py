@@ -98,7 +98,7 @@ def nodes_to_exclude(model: onnx.ModelProto, spec: QuantizeSpec) -> list[str]:
     excluded = set(spec.exclude_nodes)
     # NNCF's transformer preset places the attention products' quantizers itself: on ViT-S/16,
     # kept out of its reach, its file ran at 0.86x / 0.95x its own default (OpenVINO, batch 1 / 8).
-    if spec.weights_only_matmul and spec.backend == "onnxruntime":
+    if spec.weights_only_matmul and spec.backend != "nncf":
         excluded.update(set(activation_matmuls(model)) - set(attention_matmuls(model, spec.attention)))
     if spec.keep_classifier_fp32:
         excluded.update(output_producers(model))

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from vitdeploy.core.errors import UserError
-from vitdeploy.core.providers import get_provider
 from vitdeploy.runtime.bundle import Bundle
-from vitdeploy.runtime.openvino import batch_predictor
 from vitdeploy.runtime.reader import Failure, batches_from
-from vitdeploy.runtime.sessions import ProviderUnavailable, compile_openvino, open_session
+from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -54,18 +52,14 @@ def bundle_predictor(bundle: Bundle, provider: str, threads: int | None) -> Runn
     if expected.get("dtype", "float32") != "float32":
         raise UserError(f"{bundle.model.name}: input type {expected['dtype']} is not float32; predict feeds float32 images")
     try:
-        if get_provider(provider).runtime == "openvino":
-            return batch_predictor(compile_openvino(bundle.model, provider, threads))
-        session = open_session(bundle.model, provider, threads)
+        predictor = open_predictor(bundle.model, provider, threads)
     except ProviderUnavailable as err:  # never a silent run on another provider than the one asked for
         raise UserError(f"--provider {provider}: {err}") from None
-    inp = session.get_inputs()[0]
-    shape = inp.shape
+    shape = predictor.input_shape
     size = bundle.contract.size
     if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, size, size), strict=True)):
-        raise UserError(f"{bundle.model.name}: input shape {shape} does not take 3x{size}x{size} images (preprocess.json)")
-    name = inp.name
-    return lambda x: session.run(None, {name: x})[0]
+        raise UserError(f"{bundle.model.name}: input shape {list(shape)} does not take 3x{size}x{size} images (preprocess.json)")
+    return predictor
 
 
 def int8_saturation_risk(quantization: dict | None, isa: dict[str, bool]) -> str | None:

@@ -1,27 +1,26 @@
-"""The one place a model is opened: ONNX Runtime sessions and OpenVINO compiled models, for
-`bench`, `predict`, the build's scoring and parity checks, bias correction and packaging.
+"""The one place a model is opened: ONNX Runtime sessions here, every provider's model through
+its backend (`open_predictor`, `vitdeploy.runtime.backends`), for `bench`, `predict`, the
+build's scoring and parity checks, bias correction and packaging.
 
 One set of session options, so a prediction runs the way it was timed; one check that the
 asked-for provider is installed (with the install line when it is not); and one check for
 ONNX Runtime's silent fallback: asked for CUDA or TensorRT, a session whose provider fails to
 load runs on the CPU without an error, and a GPU figure or prediction would then be a CPU one.
 
-Imports onnxruntime, and OpenVINO only when asked for: no torch, no onnx package.
+Imports onnxruntime, and OpenVINO only when a provider of it is asked for: no torch, no onnx package.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.providers import Provider, get_provider
+from vitdeploy.runtime.backends.base import Predict, Predictor
 
-Predict = Callable[[np.ndarray], np.ndarray]  # preprocessed float32 NCHW batch -> logits
 ModelSource = Path | str | bytes  # a file, or a serialized model held in memory
 
 INSTALL_HINTS = {
@@ -98,39 +97,9 @@ def session_predictor(session: ort.InferenceSession) -> Predict:
     return lambda x: session.run(None, {name: x})[0]
 
 
-def require_openvino(provider: Provider) -> None:
-    """ProviderUnavailable when OpenVINO is missing or the CPU cannot compute at the provider's precision.
-    Its messages never name the provider: each caller says how the user chose it."""
-    from vitdeploy.runtime import openvino as ovr
-
-    reason = ovr.missing_reason()
-    if reason is None:
-        try:
-            ovr.check_precision(provider.precision)
-        except RuntimeError as err:
-            reason = str(err)
-    if reason:
-        raise ProviderUnavailable(reason)
-
-
-def compile_openvino(path: Path, provider: str, threads: int | None = None, batch: int | None = None):
-    """An OpenVINO compiled model of `path` (batch fixed, or dynamic when None); a UserError
-    carrying OpenVINO's own last line when it cannot read the model."""
-    from vitdeploy.runtime import openvino as ovr
-
-    prov = get_provider(provider)
-    require_openvino(prov)
-    try:
-        return ovr.compile_model(path, batch, threads, prov.precision)
-    except Exception as err:  # OpenVINO's own message: an operator it cannot read, say
-        raise UserError(f"OpenVINO cannot run this model: {str(err).strip().splitlines()[-1][:200]}") from None
-
-
-def open_predictor(path: Path, provider: str = "cpu", threads: int | None = None) -> Predict:
+def open_predictor(path: Path, provider: str = "cpu", threads: int | None = None) -> Predictor:
     """Logits of an ONNX file on any registered provider, any batch size."""
-    prov = get_provider(provider)
-    if prov.runtime == "openvino":
-        from vitdeploy.runtime import openvino as ovr
+    from vitdeploy.runtime.backends import backend_for
 
-        return ovr.batch_predictor(compile_openvino(path, provider, threads))
-    return session_predictor(open_session(path, provider, threads))
+    prov = get_provider(provider)
+    return backend_for(prov).open_predictor(path, prov, threads)

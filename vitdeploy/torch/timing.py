@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vitdeploy.bench.measure import BenchConfig, PeakRSS, Result
+from vitdeploy.core.providers import PROVIDERS, get_provider
 from vitdeploy.recipe.schema import load_recipe
 from vitdeploy.torch.models import count_parameters, create_model
 
@@ -26,9 +27,11 @@ def measure_torch(label: str, model: torch.nn.Module, provider: str, batch: int,
     kind = ("compile" if compiled else "eager") + (" AMP fp16" if amp else "")
     result = Result(model=f"{label} ({kind})", provider=provider, batch=batch, threads=threads)
     try:
-        device = torch.device("cuda" if provider in ("cuda", "tensorrt") else "cpu")
-        if provider not in ("cpu", "cuda"):
-            raise ValueError(f"PyTorch reference runs on cpu or cuda, not {provider}")
+        prov = get_provider(provider)
+        if not prov.pytorch_twin:
+            twins = " or ".join(p.name for p in PROVIDERS.values() if p.pytorch_twin)
+            raise ValueError(f"PyTorch reference runs on {twins}, not {provider}")
+        device = torch.device(prov.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("CUDA is not available to PyTorch; skipped")
         if amp and device.type != "cuda":

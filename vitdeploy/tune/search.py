@@ -23,6 +23,7 @@ import yaml
 
 from vitdeploy.core.errors import BuildError, UserError
 from vitdeploy.core.progress import console
+from vitdeploy.core.providers import REFERENCE, get_provider, recipe_targets, target_provider
 from vitdeploy.core.storage import sha256_file, write_json_atomic
 from vitdeploy.data.datasets import VALIDATION
 from vitdeploy.recipe.schema import DataSpec, Recipe
@@ -142,16 +143,20 @@ def tune_folder(recipe: Recipe) -> Path:
     return recipe.output.dir / ".tune" / recipe.artifact_name
 
 
-def openvino_targets(providers: tuple[str, ...]) -> list[str]:
-    from vitdeploy.core.providers import get_provider
-
-    return [p for p in providers if get_provider(p).runtime == "openvino"]
+def scoring_provider(providers: tuple[str, ...]) -> str:
+    """Where candidates are scored: OpenVINO computes its own way, so an OpenVINO target is
+    scored there; ONNX Runtime's providers all compute the CPU's function."""
+    return next((p for p in providers if get_provider(p).scored_alone), REFERENCE)
 
 
 def scoring_runtime(providers: tuple[str, ...]) -> str:
-    """Where candidates are scored: OpenVINO computes its own way, so an OpenVINO target is
-    scored there; ONNX Runtime's providers all compute the CPU's function."""
-    return next(iter(openvino_targets(providers)), "onnxruntime")
+    """`scoring_provider` as a recipe's `runtimes` (and a manifest's) names it."""
+    return get_provider(scoring_provider(providers)).target or get_provider(REFERENCE).target
+
+
+def portable_targets(providers: tuple[str, ...]) -> list[str]:
+    """The providers that read standard ONNX operators only (candidates keep their graphs so)."""
+    return [p for p in providers if get_provider(p).standard_ops_only]
 
 
 def candidate_recipe(
@@ -169,7 +174,7 @@ def candidate_recipe(
     data["evaluate"] |= {"samples": None, "torch": False}
     data["quantize"] = candidate.quantize
     data["output"] = {"dir": tune_folder(recipe), "name": None}
-    data["runtimes"] = ["onnxruntime", *openvino_targets(providers)]
+    data["runtimes"] = recipe_targets(providers)
     return Recipe.model_validate(data)
 
 
@@ -306,7 +311,7 @@ def nncf_applies(providers: tuple[str, ...]) -> bool:
     """NNCF's quantizer is a candidate for OpenVINO targets, when `vitdeploy[openvino]` is installed."""
     from importlib.util import find_spec
 
-    return bool(openvino_targets(providers)) and find_spec("nncf") is not None
+    return any("nncf" in get_provider(p).quantizers for p in providers) and find_spec("nncf") is not None
 
 
 def is_baseline(c: Candidate) -> bool:
@@ -358,7 +363,7 @@ def top1_on_test_images(r: Recipe, fp32: Path, runtime: str) -> float:
 
     pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
     images = load_split(r.data, r.data.eval_split, decode_size(r)).subset(r.evaluate.samples)
-    predict = open_predictor(fp32, "cpu" if runtime == "onnxruntime" else runtime)
+    predict = open_predictor(fp32, target_provider(runtime).name)
     batch = r.evaluate.batch_size or (64 if (size or 0) <= 64 else 8)  # 224x224 ViTs: small batches (memory)
     return predict_accuracy(predict, images, pre, size, batch, f"FP32 {fp32.name}")
 
@@ -580,8 +585,8 @@ def write_tuned_recipe(
     data["quantize"] = winner.candidate.quantize
     if validation.source or "nncf_max_drop" in winner.candidate.quantize:
         data["data"] = validation.reported(data.get("data", {}), keep_holdout=True)
-    if openvino_targets(providers):  # the graph the candidate was: standard operators, checked there
-        data["runtimes"] = ["onnxruntime", *openvino_targets(providers)]
+    if portable_targets(providers):  # the graph the candidate was: standard operators, checked there
+        data["runtimes"] = recipe_targets(providers)
     target = source.with_name(f"{recipe.name}.tuned.yaml")
     with atomic_path(target) as tmp:
         tmp.write_text(

@@ -6,7 +6,7 @@ pairs become its own INT8 kernels (VNNI, AMX where present). ONNX Runtime contri
 OpenVINO's message, and bench reports that cell as skipped.
 
 No torch here: bench and predict use this module on machines that only run models. Models are
-opened through `vitdeploy.runtime.sessions`, which checks availability and precision first.
+opened through `OpenVinoCpu` (bottom), which checks availability and precision first.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from vitdeploy.core.errors import UserError
+from vitdeploy.core.providers import Provider
+from vitdeploy.runtime.backends.base import Backend, Predictor, TimedModel, TimingSettings
+from vitdeploy.runtime.sessions import ProviderUnavailable
 
 
 def missing_reason() -> str | None:
@@ -101,3 +106,60 @@ def batch_predictor(compiled) -> Callable[[np.ndarray], np.ndarray]:
         return request.infer({0: x})[compiled.outputs[0]]
 
     return predict
+
+
+def require(provider: Provider) -> None:
+    """ProviderUnavailable when OpenVINO is missing or the CPU cannot compute at the provider's precision.
+    Its messages never name the provider: each caller says how the user chose it."""
+    reason = missing_reason()
+    if reason is None:
+        try:
+            check_precision(provider.precision)
+        except RuntimeError as err:
+            reason = str(err)
+    if reason:
+        raise ProviderUnavailable(reason)
+
+
+def compile_checked(path: Path, provider: Provider, threads: int | None = None, batch: int | None = None):
+    """An OpenVINO compiled model of `path` (batch fixed, or dynamic when None); a UserError
+    carrying OpenVINO's own last line when it cannot read the model."""
+    require(provider)
+    try:
+        return compile_model(path, batch, threads, provider.precision)
+    except Exception as err:  # OpenVINO's own message: an operator it cannot read, say
+        raise UserError(f"OpenVINO cannot run this model: {str(err).strip().splitlines()[-1][:200]}") from None
+
+
+def static_dims(partial_shape) -> tuple:
+    return tuple(d.get_length() if d.is_static else None for d in partial_shape)
+
+
+class OpenVinoCpu(Backend):
+    def missing_reason(self, provider: Provider) -> str | None:
+        try:
+            require(provider)
+        except ProviderUnavailable as err:
+            return str(err)
+        return None
+
+    def version(self) -> str | None:
+        return version()
+
+    def machine_facts(self) -> dict:
+        return {"openvino": version()}
+
+    def open_predictor(self, model: Path, provider: Provider, threads: int | None) -> Predictor:
+        compiled = compile_checked(model, provider, threads)
+        return Predictor(batch_predictor(compiled), static_dims(compiled.inputs[0].get_partial_shape()))
+
+    def open_timed(
+        self, model: Path, provider: Provider, batch: int, threads: int | None, settings: TimingSettings
+    ) -> TimedModel:
+        compiled = compile_checked(model, provider, threads, batch)
+        shape = [batch, *list(compiled.inputs[0].get_shape())[1:]]
+        x = np.random.default_rng(settings.seed).standard_normal(shape, dtype=np.float32)
+        return TimedModel(bound_request(compiled, x), compiled)
+
+
+BACKEND = OpenVinoCpu()
