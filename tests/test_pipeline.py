@@ -104,7 +104,7 @@ def test_artifact_runs_at_another_batch_size_with_manifest_preprocessing(static_
 
 
 def test_dynamic_int8_with_fused_attention(cifar10: Path, tmp_path: Path) -> None:
-    path = teacher_recipe(tmp_path, "dyn", samples=500, optimize={"fuse_attention": True},
+    path = teacher_recipe(tmp_path, "dyn", samples=2000, optimize={"fuse_attention": True},
                           quantize={"mode": "dynamic", "op_types": ["MatMul", "Gemm", "Attention"]})  # fmt: skip
     m = build(load_recipe(path), path, CPU)
     assert m["optimize"]["fused_operators"].get("Attention", 0) >= 1
