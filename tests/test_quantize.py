@@ -164,12 +164,12 @@ def test_bias_correction_brings_int8_channel_means_to_fp32(vit_onnx: Path, tmp_p
 
 def test_minmax_ranges_do_not_depend_on_the_calibration_batch(vit_onnx: Path, tmp_path: Path) -> None:
     """Why large models may calibrate one image at a time: the artifact is the same file."""
-    from vitdeploy.onnx.quantize import calibration_batch
+    from vitdeploy.core.batching import calibration_batch
 
     x = np.random.default_rng(0).standard_normal((48, 3, 32, 32)).astype(np.float32)
     spec = QuantizeSpec(mode="static", calibration=CalibrationSpec(samples=48))
-    assert calibration_batch(spec, tokens=65) == 32 and calibration_batch(spec, tokens=197) == 1
-    assert calibration_batch(QuantizeSpec(mode="static", calibration=CalibrationSpec(samples=48, batch_size=8)), 197) == 8
+    assert calibration_batch(65) == 32 and calibration_batch(197) == 1
+    assert calibration_batch(197, asked=8) == 8
     outputs = []
     for batch in (1, 16):
         out = tmp_path / f"b{batch}.onnx"

@@ -255,11 +255,12 @@ def sensitivity(
     `quantize.exclude_nodes`. No PyTorch needed."""
     import onnx
 
+    from vitdeploy.core.batching import calibration_batch
     from vitdeploy.core.progress import progress_bar
     from vitdeploy.data.datasets import DataStore, PreprocessedImages
-    from vitdeploy.onnx.graph import read_preprocess
+    from vitdeploy.onnx.graph import read_preprocess, token_count
     from vitdeploy.onnx.quantize import ArrayCalibrationReader
-    from vitdeploy.onnx.sensitivity import calibration_batch_for, layer_sensitivity, quantizable_groups
+    from vitdeploy.onnx.sensitivity import layer_sensitivity, quantizable_groups
     from vitdeploy.recipe.schema import QuantizeSpec
 
     if not model.is_file():
@@ -269,14 +270,14 @@ def sensitivity(
     graph = onnx.load(str(model), load_external_data=False)
     pre, size = read_preprocess(graph)
     spec = QuantizeSpec(mode="static", calibration={"method": method, "samples": calibration})
-    groups, input_name = quantizable_groups(graph, spec), graph.graph.input[0].name
+    groups, input_name, tokens = quantizable_groups(graph, spec), graph.graph.input[0].name, token_count(graph)
     if not groups:
         raise UserError(f"{model.name}: no layer static INT8 would quantize (is it already quantized?)")
     del graph
     name, _, split = data.partition(":")
     rest, scored = DataStore().load(name, split or "train").hold_out(images, seed=7)
     cal = rest.subset(calibration, seed=2)
-    reader = ArrayCalibrationReader(input_name, PreprocessedImages(cal.images, pre, size), calibration_batch_for(size))
+    reader = ArrayCalibrationReader(input_name, PreprocessedImages(cal.images, pre, size), calibration_batch(tokens))
     with progress_bar(refresh_per_second=1) as bar:
         task = bar.add_task("quantizing one layer group at a time", total=len(groups))
         found = layer_sensitivity(model, spec, reader, scored, pre, size, advance=lambda node: bar.advance(task))

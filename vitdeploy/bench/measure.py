@@ -33,7 +33,7 @@ from rich.progress import Progress
 from vitdeploy.bench.op_profile import OpProfile, read_trace
 from vitdeploy.core.memory import release_freed_memory
 from vitdeploy.core.providers import PROVIDERS, get_provider
-from vitdeploy.onnx.graph import load_checked, read_preprocess, weight_stats
+from vitdeploy.onnx.graph import load_checked, read_preprocess, token_count, weight_stats
 from vitdeploy.runtime import sessions
 from vitdeploy.runtime.backends import backend_for
 from vitdeploy.runtime.backends.base import TimedModel, TimingSettings
@@ -470,9 +470,11 @@ def median_round(results: list[Result]) -> Result:
     return chosen
 
 
-def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progress, batch_size: int = 100) -> None:
+def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progress) -> None:
     """Top-1 of each model (CPU provider) on real images, with the preprocessing it carries."""
-    from vitdeploy.data.datasets import DataStore, batches, decode_imagefolder, preprocess
+    from vitdeploy.core.batching import evaluation_batch
+    from vitdeploy.data.datasets import DataStore, decode_imagefolder
+    from vitdeploy.data.scoring import top1
     from vitdeploy.runtime.sessions import open_predictor
 
     if ":" in data or not Path(data).exists():
@@ -485,22 +487,19 @@ def add_accuracy(results: list[Result], paths: list[Path], data: str, bar: Progr
     # runs its own kernels and fusions, at its own precision: each of its providers is scored.
     scorers = sorted({get_provider(r.provider).scored_on for r in results}, key=lambda p: p.name)
     for path in paths:
-        pre_size = None  # the model's preprocessing, read once for all its scorers
+        read = None  # the model's preprocessing and token count, read once for all its scorers
         for scorer in scorers:
             rows = [r for r in results if r.model == path.name and get_provider(r.provider).scored_on == scorer]
             if not rows or all(r.error for r in rows):
                 continue
             try:
-                if pre_size is None:
-                    pre_size = read_preprocess(onnx.load(str(path), load_external_data=False))
-                pre, size = pre_size
+                if read is None:
+                    graph = onnx.load(str(path), load_external_data=False)
+                    read = (*read_preprocess(graph), evaluation_batch(token_count(graph)))
+                pre, size, batch = read
                 predict = open_predictor(path, scorer.name)
-                correct = 0
                 task = bar.add_task(f"top-1 {path.name} ({scorer.name})", total=len(images))
-                for x, y in batches(images, batch_size):
-                    correct += int((predict(preprocess(x, pre, size)).argmax(1) == y).sum())
-                    bar.advance(task, len(y))
-                acc: float | None = correct / len(images)
+                acc: float | None = top1(predict, images, pre, size, batch, lambda n, t=task: bar.advance(t, n))
             except Exception as e:
                 acc = None
                 for r in rows:

@@ -27,6 +27,7 @@ from torch import nn
 
 from vitdeploy import __version__
 from vitdeploy.build.export_cache import fp32_key, reuse_fp32, store_fp32
+from vitdeploy.core.batching import calibration_batch, evaluation_batch
 from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import BuildError
 from vitdeploy.core.locking import exclusive
@@ -40,7 +41,7 @@ from vitdeploy.data.scoring import onnx_accuracy, predict_accuracy
 from vitdeploy.onnx.fusion import optimize_transformer
 from vitdeploy.onnx.graph import stamp_preprocess
 from vitdeploy.onnx.nncf_quantize import ValidationImages
-from vitdeploy.onnx.quantize import ArrayCalibrationReader, calibration_batch, quantize_model
+from vitdeploy.onnx.quantize import ArrayCalibrationReader, quantize_model
 from vitdeploy.recipe.schema import Recipe
 from vitdeploy.runtime.backends import backend_for
 from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session
@@ -285,7 +286,7 @@ def build_locked(
     with timer.step("stages"):
         keys = stage_keys(recipe)  # once: it hashes the checkpoint, the teachers and the data
         model, stage_reports = run_stages(recipe, device, checkpoint_every_s, keys)
-    img_size, eval_batch = model.patch_embed.img_size[0], evaluation_batch(recipe, num_tokens(model))
+    img_size, eval_batch = model.patch_embed.img_size[0], evaluation_batch(num_tokens(model), recipe.evaluate.batch_size)
     with timer.step("data"):
         eval_set = load_split(recipe.data, recipe.data.eval_split, decode_size(recipe)).subset(recipe.evaluate.samples)
         parity_set = eval_set.subset(recipe.export.parity_samples, seed=1)
@@ -511,13 +512,14 @@ def smooth_step(recipe: Recipe, model: nn.Module, images: PreprocessedImages, de
     """SmoothQuant on the calibration images, before export (the FP32 function is unchanged)."""
     from vitdeploy.torch.smoothing import smooth
 
-    ratios = smooth(model, images, recipe.quantize.smooth_alpha, calibration_batch(recipe.quantize, num_tokens(model)))
+    batch = calibration_batch(num_tokens(model), recipe.quantize.calibration.batch_size)
+    ratios = smooth(model, images, recipe.quantize.smooth_alpha, batch)
     return {"alpha": recipe.quantize.smooth_alpha, "activation_max_over_median_after": [round(r, 2) for r in ratios]}
 
 
 def quantize_step(recipe: Recipe, fp32: Path, int8: Path, images: PreprocessedImages | None, tokens: int) -> dict:
     spec = recipe.quantize
-    batch = calibration_batch(spec, tokens)
+    batch = calibration_batch(tokens, spec.calibration.batch_size)
     reader = ArrayCalibrationReader(INPUT_NAME, images, batch) if spec.mode == "static" else None
     validation = accuracy_control_images(recipe, images.size) if spec.nncf_max_drop is not None and images else None
     return quantize_model(fp32, int8, spec, reader, images if spec.bias_correction else None, validation)
@@ -655,13 +657,6 @@ def recipe_record(recipe: Recipe, recipe_path: Path) -> dict:
             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         },
     }
-
-
-def evaluation_batch(recipe: Recipe, tokens: int) -> int:
-    """The recipe's evaluation batch, or 64 images of up to 128 tokens, else 8 (see `EvaluateSpec`)."""
-    if recipe.evaluate.batch_size is not None:
-        return recipe.evaluate.batch_size
-    return 64 if tokens <= 128 else 8
 
 
 def evaluate_onnx(recipe: Recipe, eval_set: ImageSet, fp32: Path, int8: Path | None, bs: int) -> dict[str, float]:

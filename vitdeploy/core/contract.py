@@ -24,6 +24,9 @@ RESIZE_RULE = "shorter side to size, then center crop; no change when the image 
 CROP_RULE = "shorter side to floor(size / crop_pct), then the central size x size"
 
 
+INPUT_NAME = "pixel_values"  # every exported model's one input, as Hugging Face names it
+
+
 @dataclass(frozen=True)
 class InputContract:
     size: int
@@ -31,7 +34,7 @@ class InputContract:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     classes: tuple[str, ...] = ()
-    input_name: str = "pixel_values"
+    input_name: str = INPUT_NAME
     layout: str = "NCHW"
     scale: str = "1/255"
     dtype: str = "float32"

@@ -14,14 +14,24 @@ from vitdeploy.recipe.schema import Preprocess
 Predict = Callable[[np.ndarray], np.ndarray]  # preprocessed float32 NCHW batch -> logits
 
 
-def predict_accuracy(predict: Predict, images: ImageSet, pre: Preprocess, size: int | None, batch_size: int, label: str) -> float:
+def top1(
+    predict: Predict, images: ImageSet, pre: Preprocess, size: int | None, batch_size: int,
+    advance: Callable[[int], object] = lambda n: None,
+) -> float:  # fmt: skip
+    """The one top-1 loop: `batch_size` images at a time, preprocessed as the model expects;
+    `advance(n)` after each batch of n."""
     correct = 0
+    for x, y in batches(images, batch_size):
+        correct += int((predict(preprocess(x, pre, size)).argmax(1) == y).sum())
+        advance(len(y))
+    return correct / len(images)
+
+
+def predict_accuracy(predict: Predict, images: ImageSet, pre: Preprocess, size: int | None, batch_size: int, label: str) -> float:
+    """`top1` with a progress bar named `label`."""
     with progress_bar() as bar:
         task = bar.add_task(f"evaluating {label}", total=len(images))
-        for x, y in batches(images, batch_size):
-            correct += int((predict(preprocess(x, pre, size)).argmax(1) == y).sum())
-            bar.advance(task, len(y))
-    return correct / len(images)
+        return top1(predict, images, pre, size, batch_size, lambda n: bar.advance(task, n))
 
 
 def onnx_accuracy(session, images: ImageSet, pre: Preprocess, batch_size: int = 64, label: str = "onnx") -> float:

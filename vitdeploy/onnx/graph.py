@@ -75,6 +75,15 @@ def stamp_preprocess(path, preprocess: dict) -> None:
         onnx.save(model, str(tmp))
 
 
+def token_count(model: onnx.ModelProto) -> int | None:
+    """Tokens per image (class and distillation tokens included), from the position embedding a
+    timm ViT exports as `pos_embed` (1, tokens, dim); None when the graph has none."""
+    for tensor in model.graph.initializer:
+        if tensor.name.endswith("pos_embed") and len(tensor.dims) == 3:
+            return int(tensor.dims[1])
+    return None
+
+
 def read_preprocess(model: onnx.ModelProto):
     """(Preprocess, img_size) from the file's metadata; CIFAR-10 defaults if it has none."""
     from vitdeploy.recipe.schema import Preprocess

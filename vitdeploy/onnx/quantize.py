@@ -260,19 +260,6 @@ def _quantize(
     }
 
 
-def calibration_batch(spec: QuantizeSpec, tokens: int) -> int:
-    """The recipe's calibration batch, or by default 32 images of up to 128 tokens, else 1.
-
-    Why: ONNX Runtime's calibration session keeps every quantized tensor of a batch alive at
-    once, and its arena keeps the peak. Measured on ViT-S/16 at 224x224 (197 tokens) with 256
-    images, 2-core AMD EPYC: 1.5 GB peak RSS at 1 image per batch, 2.0 GB at 4, 4.2 GB at 16,
-    7.3 GB at 32, in the same 27-30 s. The ranges are the same either way: MinMax reduces each
-    batch and then takes the minimum and maximum over batches."""
-    if spec.calibration.batch_size is not None:
-        return spec.calibration.batch_size
-    return 32 if tokens <= 128 else 1
-
-
 def quantize_with_ranges(
     source: Path,
     target: Path,

@@ -62,14 +62,6 @@ def group_label(nodes: tuple[str, ...]) -> str:
     return nodes[0] + (f" +{len(nodes) - 1}" if len(nodes) > 1 else "")
 
 
-def calibration_batch_for(size: int | None) -> int:
-    """Calibration images per batch for a model of input `size` (None: unknown, a small model).
-
-    ONNX Runtime's calibration session keeps every tensor of a batch alive at once: at 224x224
-    one image per batch (see `quantize.calibration_batch`)."""
-    return 1 if (size or 0) >= 128 else 32
-
-
 def logits_of(path: Path, images: ImageSet, pre: Preprocess, size: int | None, batch: int) -> np.ndarray:
     predict = open_predictor(path, "cpu")
     return np.concatenate([predict(preprocess(x, pre, size)) for x, _ in batches(images, batch)])

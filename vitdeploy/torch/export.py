@@ -12,6 +12,7 @@ import onnx
 import torch
 from torch import nn
 
+from vitdeploy.core.contract import INPUT_NAME
 from vitdeploy.core.storage import atomic_path
 from vitdeploy.data.datasets import ImageSet, batches, preprocess
 from vitdeploy.data.scoring import Predict
@@ -21,7 +22,7 @@ from vitdeploy.torch.evaluate import torch_logits
 from vitdeploy.torch.export_rules import apply_export_rules
 from vitdeploy.torch.models import split_qkv
 
-INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
+OUTPUT_NAME = "logits"
 
 
 def export_onnx(model: nn.Module, spec: ExportSpec, img_size: int, target: Path, *, in_place: bool = False) -> Path:

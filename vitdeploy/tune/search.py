@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from vitdeploy.core.batching import calibration_batch, evaluation_batch
 from vitdeploy.core.errors import BuildError, UserError
 from vitdeploy.core.progress import console
 from vitdeploy.core.providers import REFERENCE, get_provider, recipe_targets, target_provider
@@ -358,13 +359,14 @@ def top1_on_test_images(r: Recipe, fp32: Path, runtime: str) -> float:
     from vitdeploy.data.classes import decode_size
     from vitdeploy.data.datasets import load_split
     from vitdeploy.data.scoring import predict_accuracy
-    from vitdeploy.onnx.graph import read_preprocess
+    from vitdeploy.onnx.graph import read_preprocess, token_count
     from vitdeploy.runtime.sessions import open_predictor
 
-    pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
+    graph = onnx.load(str(fp32), load_external_data=False)
+    pre, size = read_preprocess(graph)
     images = load_split(r.data, r.data.eval_split, decode_size(r)).subset(r.evaluate.samples)
     predict = open_predictor(fp32, target_provider(runtime).name)
-    batch = r.evaluate.batch_size or (64 if (size or 0) <= 64 else 8)  # 224x224 ViTs: small batches (memory)
+    batch = evaluation_batch(token_count(graph), r.evaluate.batch_size)
     return predict_accuracy(predict, images, pre, size, batch, f"FP32 {fp32.name}")
 
 
@@ -423,12 +425,12 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
     import json
 
     from vitdeploy.build.pipeline import calibration_images
+    from vitdeploy.core.contract import INPUT_NAME
     from vitdeploy.data.classes import decode_size
     from vitdeploy.data.datasets import load_split
-    from vitdeploy.onnx.graph import read_preprocess
+    from vitdeploy.onnx.graph import read_preprocess, token_count
     from vitdeploy.onnx.quantize import ArrayCalibrationReader
-    from vitdeploy.onnx.sensitivity import calibration_batch_for, layer_sensitivity
-    from vitdeploy.torch.export import INPUT_NAME
+    from vitdeploy.onnx.sensitivity import layer_sensitivity
 
     saved = fp32.with_name(f"{fp32.name}.sensitivity.json")
     digest = sha256_file(fp32)
@@ -438,8 +440,9 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
             return [tuple(row["nodes"]) for row in old["layers"]]
     import onnx
 
-    pre, size = read_preprocess(onnx.load(str(fp32), load_external_data=False))
-    batch = r.quantize.calibration.batch_size or calibration_batch_for(size)
+    graph = onnx.load(str(fp32), load_external_data=False)
+    pre, size = read_preprocess(graph)
+    batch = calibration_batch(token_count(graph), r.quantize.calibration.batch_size)
     reader = ArrayCalibrationReader(INPUT_NAME, calibration_images(r, size), batch)
     images = load_split(r.data, r.data.eval_split, decode_size(r)).subset(SENSITIVITY_IMAGES, seed=3)
     found = layer_sensitivity(fp32, r.quantize, reader, images, pre, size)

@@ -1,0 +1,39 @@
+"""One rule per decision: the build, tune, sensitivity and bench batch a model the same way,
+because each asks `vitdeploy.core.batching` with the same token count, read from the model in
+PyTorch or from its ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from vitdeploy.core.batching import calibration_batch, evaluation_batch
+from vitdeploy.core.contract import INPUT_NAME, InputContract
+from vitdeploy.onnx.graph import token_count
+from vitdeploy.recipe.schema import ExportSpec
+from vitdeploy.torch.export import export_onnx
+from vitdeploy.torch.models import num_tokens
+
+from .conftest import tiny_vit
+
+
+@pytest.mark.parametrize(("patch", "img"), [(8, 32), (16, 64)])
+def test_the_onnx_file_and_the_model_give_the_same_token_count(patch: int, img: int, tmp_path: Path) -> None:
+    model = tiny_vit(patch_size=patch, img_size=img)
+    path = export_onnx(model, ExportSpec(), img, tmp_path / "m.onnx")
+    assert token_count(onnx.load(str(path))) == num_tokens(model) == (img // patch) ** 2 + 1
+
+
+def test_batches_follow_the_tokens_unless_the_recipe_says() -> None:
+    # a 224x224 ViT: patch 32 gives 50 tokens (large batches), patch 16 gives 197 (small ones)
+    assert (evaluation_batch(50), evaluation_batch(197), evaluation_batch(197, asked=16)) == (64, 8, 16)
+    assert (calibration_batch(50), calibration_batch(197), calibration_batch(197, asked=4)) == (32, 1, 4)
+    assert evaluation_batch(None) == 64 and calibration_batch(None) == 32  # no position embedding found: small
+
+
+def test_the_input_name_is_declared_once() -> None:
+    from vitdeploy.torch import export
+
+    assert export.INPUT_NAME is INPUT_NAME == InputContract(32, (0, 0, 0), (1, 1, 1)).input_name
