@@ -37,3 +37,22 @@ def test_the_input_name_is_declared_once() -> None:
     from vitdeploy.torch import export
 
     assert export.INPUT_NAME is INPUT_NAME == InputContract(32, (0, 0, 0), (1, 1, 1)).input_name
+
+
+def test_quantizing_leaves_the_process_loggers_and_temp_folder_as_they_were(tmp_path: Path) -> None:
+    import logging
+    import tempfile
+
+    import numpy as np
+
+    from vitdeploy.onnx.quantize import ArrayCalibrationReader, quantize_model
+    from vitdeploy.recipe.schema import CalibrationSpec, QuantizeSpec
+
+    path = export_onnx(tiny_vit(), ExportSpec(), 32, tmp_path / "m.onnx")
+    root, before_dir = logging.getLogger(), tempfile.tempdir
+    root.setLevel(logging.INFO)
+    images = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    spec = QuantizeSpec(mode="static", calibration=CalibrationSpec(samples=8))
+    quantize_model(path, tmp_path / "q.onnx", spec, ArrayCalibrationReader(INPUT_NAME, images, 4))
+    assert root.level == logging.INFO and tempfile.tempdir == before_dir
+    assert not list(tmp_path.glob(".quantize-*")), "scratch left behind"

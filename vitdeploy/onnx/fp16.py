@@ -13,12 +13,14 @@ from pathlib import Path
 
 import onnx
 
+from vitdeploy.core.quiet import logger_level
 from vitdeploy.core.storage import atomic_path
 from vitdeploy.onnx.graph import op_counts
 
 KEEP_FP32 = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "Softmax")
 
 
+@logger_level(logging.WARNING, "onnxruntime.transformers")
 def convert_fp16(source: Path, target: Path, keep_fp32: tuple[str, ...] = KEEP_FP32) -> dict:
     """Write the float16 form of `source` to `target`; returns what changed."""
     from onnxruntime.transformers.onnx_model import OnnxModel
@@ -30,7 +32,6 @@ def convert_fp16(source: Path, target: Path, keep_fp32: tuple[str, ...] = KEEP_F
         raise ValueError(f"{source} is quantized (INT8); convert its FP32 artifact instead")
     metadata = {p.key: p.value for p in model.metadata_props}
     casts_before = op_counts(model).get("Cast", 0)  # the converter edits `model` in place
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
     wrapped = OnnxModel(model)
     wrapped.convert_float_to_float16(keep_io_types=True, op_block_list=list(keep_fp32))
     converted = wrapped.model

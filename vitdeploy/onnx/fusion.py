@@ -19,12 +19,14 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from vitdeploy.core.quiet import logger_level
 from vitdeploy.core.storage import atomic_path
 from vitdeploy.onnx import detached
 from vitdeploy.onnx.graph import op_counts
 from vitdeploy.recipe.schema import OptimizeSpec
 
 
+@logger_level(logging.ERROR, "onnxruntime.transformers")
 def optimize_transformer(
     source: Path, target: Path, spec: OptimizeSpec, num_heads: int, hidden_size: int, fuse_attention: bool
 ) -> dict:
@@ -36,7 +38,6 @@ def optimize_transformer(
     options.enable_attention = fuse_attention
     options.enable_gelu_approximation = spec.gelu_approximation
 
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     model = onnx.load(str(source))
     before = op_counts(model)
     reordered = branch_first_residual_adds(model)

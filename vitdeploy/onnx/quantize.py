@@ -36,6 +36,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from vitdeploy.core.cpu import has_vnni
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.memory import release_freed_memory
+from vitdeploy.core.quiet import logger_level
 from vitdeploy.core.storage import StorageError, atomic_path, require_space
 from vitdeploy.data.datasets import ImageBatches
 from vitdeploy.onnx import detached
@@ -166,8 +167,8 @@ def quantize_model(
                 f"wrote a truncated copy; it needs about {needed / 1e6:.1f} MB free"
             ) from None
         release_freed_memory()  # shape inference's copies of the graph, before calibration starts
-        logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
-        return {"backend": "onnxruntime"} | _quantize(typed, target, spec, calibration, correction_images)
+        with logger_level(logging.ERROR):  # the quantizer warns on the root logger
+            return {"backend": "onnxruntime"} | _quantize(typed, target, spec, calibration, correction_images)
 
 
 def infer_types(source: Path, target: Path) -> None:

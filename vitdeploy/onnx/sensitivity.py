@@ -14,7 +14,7 @@ float left the loss at 11.5 points; its q, k and v together and block 0's fc1: 3
 
 from __future__ import annotations
 
-import tempfile
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +23,16 @@ import numpy as np
 import onnx
 from onnxruntime.quantization.calibrate import save_tensors_data
 
+from vitdeploy.core.quiet import logger_level
 from vitdeploy.data.datasets import ImageSet, batches, preprocess
-from vitdeploy.onnx.quantize import ArrayCalibrationReader, calibrate, infer_types, nodes_to_exclude, quantize_with_ranges
+from vitdeploy.onnx.quantize import (
+    ArrayCalibrationReader,
+    calibrate,
+    infer_types,
+    nodes_to_exclude,
+    quantize_with_ranges,
+    scratch_beside,
+)
 from vitdeploy.recipe.schema import Preprocess, QuantizeSpec
 from vitdeploy.runtime.sessions import open_predictor
 
@@ -84,7 +92,8 @@ def layer_sensitivity(
     reference = logits_of(fp32, images, pre, size, batch)
     correct = reference.argmax(1) == images.labels
     found = []
-    with tempfile.TemporaryDirectory(prefix=".sensitivity-", dir=fp32.parent) as tmp:
+    # The quantizer's own scratch on the file's disk, as the build's; its warnings kept down.
+    with scratch_beside(fp32) as tmp, logger_level(logging.ERROR):
         typed, ranges, one = Path(tmp) / "typed.onnx", Path(tmp) / "ranges.json", Path(tmp) / "one.onnx"
         infer_types(fp32, typed)
         op_types = [t for t in spec.op_types if t not in spec.exclude_op_types]
