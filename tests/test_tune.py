@@ -15,7 +15,8 @@ from vitdeploy.cli import app
 from vitdeploy.core.errors import UserError
 from vitdeploy.data.datasets import VALIDATION, ImageSet, load_split
 from vitdeploy.recipe.schema import DataSpec, QuantizeSpec, load_recipe
-from vitdeploy.tune.search import Speed, Tried, TuneSettings, Validation, choose
+from vitdeploy.tune.record import Speed, Tried
+from vitdeploy.tune.search import TuneSettings, Validation, choose
 from vitdeploy.tune.space import Candidate, candidates, student_candidates
 
 from .conftest import TINY_OVERRIDES
@@ -135,7 +136,8 @@ def test_tune_chooses_writes_a_recipe_that_rebuilds_the_winner_and_reuses_its_wo
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    args = ["tune", str(path), "--max-drop", "5", "--batch", "4", "--holdout", "100", "--rounds", "1", "--duration", "0.2"]
+    args = ["tune", str(path), "--max-drop", "5", "--batch", "4", "--holdout", "100", "--rounds", "1", "--duration", "0.2",
+            "--runoff-seconds", "4"]  # fmt: skip
     start = time.perf_counter()
     done = runner.invoke(app, [*args, "--device", "cpu"])
     first = time.perf_counter() - start
@@ -153,6 +155,14 @@ def test_tune_chooses_writes_a_recipe_that_rebuilds_the_winner_and_reuses_its_wo
         if c["drop"] > 5:
             assert c["verdict"].startswith("over budget")
     assert Path(report["picture"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for c in report["candidates"][1:]:  # every loss with its paired interval on the 100 images
+        interval = c["drop_interval"]
+        assert interval["images"] == 100 and interval["lowest"] <= c["drop"] <= interval["highest"]
+    finalists = [c for c in report["candidates"] if c["runoff"]]
+    if report["runoff"]:  # the leaders timed against each other, each with its speed against the leader
+        assert report["runoff"]["seconds"] <= 4 + 30 and winner["runoff"]["outcome"].startswith(("winner", "fastest"))
+        assert all(c["runoff"]["speed"] for c in finalists if c["name"] != report["runoff"]["leader"])
+    assert "run-off" in done.output and "drop" in done.output
 
     tuned = load_recipe(tmp_path / "tiny.tuned.yaml")  # a plain recipe, scored on the test split again
     assert tuned.name == "tiny.tuned" and tuned.data.eval_split == "test" and tuned.data.holdout is None
@@ -269,7 +279,8 @@ def test_a_dataset_s_own_validation_split_scores_candidates_instead_of_training_
 
 
 def test_validation_images_held_out_from_the_test_split_are_never_in_the_reported_score(cifar10: Path, tmp_path: Path) -> None:
-    from vitdeploy.tune.search import Tried, candidate_recipe, validation_images, write_tuned_recipe
+    from vitdeploy.tune.record import Tried
+    from vitdeploy.tune.search import candidate_recipe, validation_images, write_tuned_recipe
 
     base = {"name": "all_train", "model": {"name": "vit_tiny_patch16_224", "overrides": TINY_OVERRIDES},
             "data": {"dataset": "cifar10", "cache_dir": str(cifar10)}, "output": {"dir": str(tmp_path / "out")}}  # fmt: skip

@@ -190,6 +190,10 @@ def tune(
         str, typer.Option("--candidates", help="comma list of recipes of structured students (pruned, distilled) to search too")
     ] = "",
     device: Annotated[str, typer.Option(help="device for builds: cpu, cuda, cuda:N or auto")] = "auto",
+    runoff_seconds: Annotated[
+        float | None,
+        typer.Option(min=0, help="time cap of the run-off between the leaders (default: a fifth of the search, 20 s to 10 min)"),
+    ] = None,
 ) -> None:
     """Build quantization candidates of a recipe (and of the students given with --candidates),
     score them on held-out training images, time them against FP32 on this machine, and write
@@ -212,7 +216,7 @@ def tune(
         _validate(path)  # a broken student recipe is named before any work
     settings = TuneSettings(
         max_drop, provider_list(provider), batches, threads, minutes, holdout, rounds, duration, remeasure, student_paths,
-        validation, holdout_from,
+        validation, holdout_from, runoff_seconds,
     )  # fmt: skip
     with interrupt_on_sigterm():
         report = run_tune(r, recipe.resolve(), settings, resolve_device(device))
@@ -222,20 +226,40 @@ def tune(
 def tune_table(report: dict) -> Table:
     test = report["test"]
     scored = "test split" if report.get("validation_source") != test.get("split") else "rest of the test split"
+    runoff = report.get("runoff")
+    ran = f"; run-off {runoff['seconds']:.0f} s" + (" (time cap reached)" if runoff["capped"] else "") if runoff else ""
     table = Table(
         title=f"tune: {report['winner']} chosen ({report['validation_images']} validation images, "
-        f"FP32 {report['fp32_validation_top1']:.2f} %); {scored}: {test['test_top1']:.2f} % "
-        f"({-test['test_drop']:+.2f} points vs FP32 {test['test_top1_fp32']:.2f} %)"
+        f"FP32 {report['fp32_validation_top1']:.2f} %){ran}; {scored}: {test['test_top1']:.2f} % "
+        f"({-test['test_drop']:+.2f} points vs FP32 {test['test_top1_fp32']:.2f} %)",
+        caption="drop: points lost against FP32 with its 95 % interval, paired image by image; "
+        "run-off: speed against the leader, 95 % interval over paired rounds",
     )
-    for col in ("candidate", "val top-1", "drop", "size", "speed vs FP32", "verdict"):
-        table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+    for col in ("candidate", "val top-1", "drop", "size", "speed vs FP32", "run-off", "verdict"):
+        table.add_column(col, justify="left" if col in ("candidate", "verdict", "run-off") else "right")
     for c in report["candidates"]:
         speed = " ".join(f"b{s['batch']} {s['speedup']:.2f}x ({s['lowest']:.2f}-{s['highest']:.2f})" for s in c["speed"])
         top1 = f"{c['validation_top1']:.2f} %" if c["validation_top1"] is not None else "-"
-        drop = f"{c['drop']:.2f}" if c["drop"] is not None else "-"
         size = f"{c['bytes'] / 1e6:.2f} MB" if c["bytes"] else "-"
-        table.add_row(c["name"], top1, drop, size, speed or "-", c["verdict"])
+        verdict = c["verdict"] + (f" [yellow]borderline:[/] {c['borderline']}" if c.get("borderline") else "")
+        table.add_row(c["name"], top1, drop_text(c), size, speed or "-", runoff_text(c.get("runoff")), verdict)
     return table
+
+
+def drop_text(c: dict) -> str:
+    if c["drop"] is None:
+        return "-"
+    interval = c.get("drop_interval")
+    return f"{c['drop']:.2f} ({interval['lowest']:.2f} to {interval['highest']:.2f})" if interval else f"{c['drop']:.2f}"
+
+
+def runoff_text(runoff: dict | None) -> str:
+    if not runoff:
+        return "-"
+    speed = runoff.get("speed")
+    if not speed:
+        return runoff["outcome"]
+    return f"{runoff['outcome']}: {speed['ratio']:.2f}x ({speed['lowest']:.2f}-{speed['highest']:.2f}) vs {runoff['versus']}"
 
 
 @app.command(short_help="Which layers lose accuracy in INT8: each quantized alone.")

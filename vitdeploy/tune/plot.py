@@ -1,8 +1,9 @@
 """tune's picture: every timed candidate's speed against FP32 and its validation top-1 loss.
 
 The front (no other candidate both faster and more accurate), the budget and the winner are
-marked, so the choice can be checked at a glance: the winner is on or near the front, below
-the budget line, and candidates to its right are above that line.
+marked, and each run-off finalist with its speed against the leader (or "tie"), so the choice
+can be checked at a glance: the winner is on or near the front, below the budget line, and
+candidates to its right are above that line or lost the run-off.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ from pathlib import Path
 
 from vitdeploy.build.report import pareto
 from vitdeploy.core.errors import UserError
+
+
+def runoff_label(runoff: dict | None) -> str:
+    """A finalist's run-off outcome beside its name: 'tie 0.99x (0.95-1.03)', 'slower 0.91x (...)'."""
+    if not runoff or not runoff.get("speed"):
+        return " (run-off winner)" if runoff and runoff["outcome"].startswith("winner") else ""
+    speed = runoff["speed"]
+    word = runoff["outcome"].split(" ")[0]
+    return f" ({word} {speed['ratio']:.2f}x, {speed['lowest']:.2f}-{speed['highest']:.2f} vs {runoff['versus']})"
 
 
 def plot_front(report: dict, target: Path) -> Path:
@@ -31,7 +41,7 @@ def plot_front(report: dict, target: Path) -> Path:
         xs, ys = [c["speedup_geomean"] or 1.0 for c in mine], [-c["drop"] for c in mine]
         ax.scatter(xs, ys, s=30, zorder=3, color=f"C{i}", label=model or "the model tuned")
         for x, y, c in zip(xs, ys, mine, strict=True):
-            setting = c["name"].removeprefix(f"{model}.") if model else c["name"]
+            setting = (c["name"].removeprefix(f"{model}.") if model else c["name"]) + runoff_label(c.get("runoff"))
             ax.annotate(setting, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     win = next((x, y) for x, y, name in points if name == report["winner"])
     ax.scatter(*win, s=220, marker="*", color="#2ca02c", zorder=4, label=f"chosen: {report['winner']}")

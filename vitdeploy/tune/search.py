@@ -6,16 +6,16 @@ winner's own build. For a model trained on every training image, the validation 
 set aside from the test split instead (`data.holdout_from`), and the winner is then scored on
 the rest of it. Speed is measured, not modelled: each candidate is timed right after the
 FP32 file, round after round (`bench --baseline`), and one that is not faster than FP32 in
-every cell is never chosen. Built candidates and their timings are kept in the tune folder,
-so a second tune of the same recipe (another budget, say) only builds the winner.
+every cell is never chosen; the leaders the screening cannot rank are then timed against each
+other until one is shown fastest or a tie is called (`settle`, `runoff`). Built candidates and
+their timings are kept in the tune folder, so a second tune of the same recipe (another budget,
+say) only builds the winner.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,10 @@ from vitdeploy.core.providers import REFERENCE, get_provider, recipe_targets, ta
 from vitdeploy.core.storage import sha256_file, write_json_atomic
 from vitdeploy.data.datasets import VALIDATION
 from vitdeploy.recipe.schema import DataSpec, Recipe
+from vitdeploy.tune.record import Tried
+from vitdeploy.tune.settle import choose, mark_borderline, run_off_leaders, runoff_cap
 from vitdeploy.tune.space import Candidate, candidates, student_candidates
+from vitdeploy.tune.timing import measure_speeds, read_earlier
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class TuneSettings:
     students: tuple[Path, ...] = ()  # recipes of structured students (pruned, distilled) searched too
     validation_split: str | None = None  # a split of the dataset's own (val/) instead of held-out training images
     holdout_from: str | None = None  # the split held-out images come from, when not the train split
+    runoff_s: float | None = None  # the run-off's time cap; None: a fifth of the search before it (20 s to 10 min)
 
 
 @dataclass(frozen=True)
@@ -83,61 +87,6 @@ class Validation:
         if self.split:
             return f"the {self.images} images of split {self.split}"
         return f"{self.images} images held out from the {self.source or 'train'} split"
-
-
-@dataclass
-class Speed:
-    """One cell: the candidate's throughput / FP32's, median of back-to-back pairs, and their range."""
-
-    provider: str
-    batch: int
-    speedup: float
-    lowest: float
-    highest: float
-    images_per_s: float
-    measured: str  # when, ISO time: timings of an earlier tune are reused
-
-    @property
-    def cell(self) -> str:
-        return f"{self.provider} b{self.batch}"
-
-
-@dataclass
-class Tried:
-    candidate: Candidate
-    name: str  # the candidate's artifact name
-    top1: float | None = None  # validation top-1 (%) of its ONNX file
-    drop: float | None = None  # points below the FP32 candidate
-    file: str | None = None
-    sha256: str | None = None
-    bytes: int | None = None
-    speeds: list[Speed] = field(default_factory=list)
-    verdict: str = ""
-    error: str | None = None
-    fp32_file: str | None = None  # the float file an INT8 candidate was quantized from
-
-    def speedup(self) -> float:
-        """Geometric mean over the measured cells (1.0 for the float baseline)."""
-        if not self.speeds:  # the baseline
-            return 1.0
-        return math.exp(statistics.fmean(math.log(s.speedup) for s in self.speeds))
-
-    def record(self) -> dict:
-        return {
-            "name": self.candidate.name,
-            "student": self.candidate.student,
-            "idea": self.candidate.idea,
-            "quantize": self.candidate.quantize,
-            "artifact": self.file,
-            "sha256": self.sha256,
-            "bytes": self.bytes,
-            "validation_top1": self.top1,
-            "drop": self.drop,
-            "speed": [asdict(s) for s in self.speeds],
-            "speedup_geomean": round(self.speedup(), 4) if self.speeds else None,
-            "verdict": self.verdict,
-            "error": self.error,
-        }
 
 
 def tune_folder(recipe: Recipe) -> Path:
@@ -236,7 +185,12 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
             t.drop = round(baseline.top1 - t.top1, 2)
     built = [t for t in tried if t is not baseline and t.drop is not None]  # all timed: the front needs them
     measure_speeds(baseline, built, settings, folder, earlier)
-    winner = choose(tried, baseline, settings)
+    score_losses(recipe, baseline, built, validation, settings, folder)
+    leader = choose(tried, baseline, settings)
+    eligible = [t for t in tried if t.verdict.startswith(("within budget", "chosen")) and t is not baseline]
+    cap = settings.runoff_s if settings.runoff_s is not None else runoff_cap(time.perf_counter() - started)
+    winner, runoff = run_off_leaders(leader, tried, baseline, settings, cap, earlier_runoff(report_path, settings))
+    mark_borderline(tried, eligible, winner, settings.max_drop)
     tuned = write_tuned_recipe(recipe, recipe_path, winner, validation, settings.providers)
     report = {
         "recipe": str(recipe_path),
@@ -248,6 +202,7 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
         "fp32_validation_top1": baseline.top1,
         "candidates": [t.record() for t in tried],
         "winner": winner.candidate.name,
+        "runoff": runoff,
         "tuned_recipe": str(tuned),
         "search_s": round(time.perf_counter() - started, 1),
     }
@@ -260,6 +215,35 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     return report
 
 
+def earlier_runoff(path: Path, settings: TuneSettings) -> dict | None:
+    """The run-off record of an earlier tune in this folder, when it timed the same cells."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    cells = ("providers", "batches", "threads")
+    same = all(old.get("settings", {}).get(k) == json.loads(json.dumps(asdict(settings)[k])) for k in cells)
+    return old.get("runoff") if same else None
+
+
+def score_losses(recipe: Recipe, baseline: Tried, built: list[Tried], validation: Validation, settings: TuneSettings,
+                 folder: Path) -> None:  # fmt: skip
+    """Each candidate's loss with its paired interval, on the images it was scored on, where it was scored."""
+    import onnx
+
+    from vitdeploy.data.classes import decode_size
+    from vitdeploy.data.datasets import load_split
+    from vitdeploy.onnx.graph import token_count
+    from vitdeploy.tune.settle import add_drop_intervals
+
+    r = candidate_recipe(recipe, baseline.candidate, validation, settings.providers)
+    images = load_split(r.data, r.data.eval_split, decode_size(r)).subset(r.evaluate.samples)
+    batch = evaluation_batch(token_count(onnx.load(baseline.file, load_external_data=False)), r.evaluate.batch_size)
+    add_drop_intervals(baseline, built, images, scoring_provider(settings.providers), batch, folder / "predictions")
+
+
 def draw_front(report: dict, target: Path) -> str | None:
     """The speed/accuracy picture, when matplotlib is installed (the search stands without it)."""
     from vitdeploy.tune.plot import plot_front
@@ -269,20 +253,6 @@ def draw_front(report: dict, target: Path) -> str | None:
     except UserError as err:
         console.print(f"[yellow]{err}; no picture drawn")
         return None
-
-
-def read_earlier(path: Path) -> dict:
-    """Timings of an earlier tune in this folder, by (file hash, provider, batch, threads)."""
-    import json
-
-    if not path.is_file():
-        return {}
-    try:
-        old = json.loads(path.read_text())
-    except ValueError:
-        return {}
-    threads = old.get("settings", {}).get("threads")
-    return {(c["sha256"], s["provider"], s["batch"], threads): s for c in old.get("candidates", []) for s in c.get("speed", [])}
 
 
 def build_candidates(
@@ -481,91 +451,6 @@ def reuse_manifest(r: Recipe) -> dict | None:
             return None
     console.print(f"[cyan]reusing the earlier build of {r.artifact_name}")
     return manifest
-
-
-def measure_speeds(baseline: Tried, within: list[Tried], settings: TuneSettings, folder: Path, earlier: dict) -> None:
-    """Time each built candidate right after the FP32 file (paired rounds)."""
-    import datetime as dt
-
-    from vitdeploy.bench import measure as B
-    from vitdeploy.core.progress import progress_bar
-
-    def key(t: Tried, provider: str, batch: int) -> tuple:
-        return (t.sha256, provider, batch, settings.threads)
-
-    todo = []
-    for t in within:
-        cached = [earlier.get(key(t, p, b)) for p in settings.providers for b in settings.batches]
-        if settings.remeasure or None in cached:
-            todo.append(t)
-        else:
-            t.speeds = [Speed(**s) for s in cached]
-    if not todo:
-        return
-    paths = [Path(baseline.file)] + [Path(t.file) for t in todo]
-    cfg = B.BenchConfig(
-        providers=settings.providers, batches=settings.batches, threads=(settings.threads,), warmup=5,
-        duration_s=settings.duration_s, min_iters=10, rounds=settings.rounds,
-    )  # fmt: skip
-    console.rule("[bold]tune: timing the candidates against FP32")
-    with progress_bar(refresh_per_second=1) as bar:
-        results = B.run_grid(B.onnx_cells(paths, cfg), cfg, bar, B.baseline_cells(paths, paths[0], cfg))
-    B.add_ratios(results, paths[0].name)
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    by_file = {Path(t.file).name: t for t in todo}
-    for r in results:
-        t = by_file.get(r.model)
-        if t is None:
-            continue
-        if r.error or "speedup" not in r.extra:
-            t.error = t.error or f"timing failed on {r.provider} b{r.batch}: {r.error}"
-            continue
-        pairs = r.extra.get("bracket_ratios") or [r.extra["speedup"]]
-        speedup = round(r.extra["speedup"], 4)
-        t.speeds.append(Speed(r.provider, r.batch, speedup, min(pairs), max(pairs), round(r.throughput, 2), now))
-
-
-AS_FAST = 0.97  # within 3 %: paired rounds on a shared 2-core VM differ by 1-3 %
-
-
-def choose(tried: list[Tried], baseline: Tried, settings: TuneSettings) -> Tried:
-    """The fastest candidate within the budget that pays against FP32, else FP32.
-
-    Pays: faster than FP32 over the cells (geometric mean of the paired speedups above 1) and
-    not measurably slower in any (each cell's median at least `AS_FAST`). Candidates within
-    `AS_FAST` of the fastest are as fast as it, and the smallest loss among them wins. Why the
-    tolerance: variants with the same graph (static INT8 with other ranges) run at the same
-    speed and their measured speedups differ by the machine's noise; on the reference teacher
-    at batch 1 (2-core Intel Xeon) five such variants measured 0.98x to 1.02x."""
-    eligible = []
-    for t in tried:
-        if t is baseline or t.error:
-            t.verdict = t.verdict or ("the baseline" if t is baseline else f"failed: {t.error}")
-            continue
-        if t.drop is None or t.drop > settings.max_drop:
-            t.verdict = f"over budget: {t.drop:.2f} points lost > {settings.max_drop:g}"
-            continue
-        if len(t.speeds) < len(settings.providers) * len(settings.batches):
-            t.verdict = "not timed"
-            continue
-        worst = min(t.speeds, key=lambda s: s.speedup)
-        if worst.speedup < AS_FAST:
-            t.verdict = f"slower than FP32 at {worst.cell} ({worst.speedup:.2f}x)"
-            continue
-        if t.speedup() <= 1.0:
-            t.verdict = f"no faster than FP32 ({t.speedup():.2f}x over the cells)"
-            continue
-        eligible.append(t)
-    if not eligible:
-        baseline.verdict = "chosen: no INT8 candidate within the budget is faster than FP32 on this machine"
-        return baseline
-    fastest = max(t.speedup() for t in eligible)
-    as_fast = [t for t in eligible if t.speedup() >= AS_FAST * fastest]
-    winner = min(as_fast, key=lambda t: (t.drop, -t.speedup()))
-    for t in eligible:
-        t.verdict = f"within budget, {t.speedup():.2f}x FP32" + (" (as fast as the fastest)" if t in as_fast else "")
-    winner.verdict = f"chosen: {winner.speedup():.2f}x FP32, the smallest loss of the fastest"
-    return winner
 
 
 def write_tuned_recipe(
