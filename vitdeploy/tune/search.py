@@ -185,7 +185,9 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
             t.drop = round(baseline.top1 - t.top1, 2)
     built = [t for t in tried if t is not baseline and t.drop is not None]  # all timed: the front needs them
     measure_speeds(baseline, built, settings, folder, earlier)
+    scoring_started = time.perf_counter()
     score_losses(recipe, baseline, built, validation, settings, folder)
+    intervals_s = time.perf_counter() - scoring_started
     leader = choose(tried, baseline, settings)
     eligible = [t for t in tried if t.verdict.startswith(("within budget", "chosen")) and t is not baseline]
     cap = settings.runoff_s if settings.runoff_s is not None else runoff_cap(time.perf_counter() - started)
@@ -203,6 +205,7 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
         "candidates": [t.record() for t in tried],
         "winner": winner.candidate.name,
         "runoff": runoff,
+        "loss_intervals_s": round(intervals_s, 1),
         "tuned_recipe": str(tuned),
         "search_s": round(time.perf_counter() - started, 1),
     }
