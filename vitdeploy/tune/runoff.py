@@ -107,12 +107,16 @@ def run_off(leader: Finalist, finalists: list[Finalist], time_pairs: PairedTimer
     against |= {f.name: comparison(leader, f) for f in finalists if f.settled and f.interval()}
     open_ = [f for f in finalists if not f.settled]
     leader, open_ = decide(leader, open_, out, against)  # earlier rounds may already decide
-    capped = False
+    capped, per_pair_block = False, None
     while open_:
-        if time.perf_counter() - start > cap_s:
+        spent = time.perf_counter() - start
+        # A block is started only if it fits what is left (the first always runs): the cap is kept, not overrun.
+        if spent > cap_s or (per_pair_block is not None and spent + per_pair_block * len(open_) > cap_s):
             capped = True
             break
+        block_start = time.perf_counter()
         measured = time_pairs(leader.file, [f.file for f in open_], BLOCK)
+        per_pair_block = (time.perf_counter() - block_start) / len(open_)
         for f in open_:
             f.ratios += measured.get(f.file, [])
         leader, open_ = decide(leader, open_, out, against)

@@ -12,12 +12,15 @@ import numpy as np
 from vitdeploy.core.progress import console
 from vitdeploy.tune.confidence import paired_drop, predicted_classes
 from vitdeploy.tune.record import Tried
-from vitdeploy.tune.runoff import AS_FAST, Finalist, PairedTimer, RunOffResult, run_off
+from vitdeploy.tune.runoff import AS_FAST, BLOCK, Finalist, PairedTimer, RunOffResult, run_off
 
 if TYPE_CHECKING:
     from vitdeploy.tune.search import TuneSettings
 
 SAME_SIZE = 1.02  # files within 2 % of the smallest are as small (same graph, other ranges)
+# Seconds per file and cell in a run-off round: pairs half as long as the screening's, twice as
+# many, each right after the leader's, so that the machine's slow phases hit both files alike.
+RUNOFF_PAIR_S = 0.5
 
 
 # ---------------------------------------------------------------- accuracy
@@ -76,17 +79,24 @@ def settle(
     time_pairs: PairedTimer,
     cap_s: float,
     earlier: dict[str, Any] | None = None,
+    block_s: float = 0.0,
 ) -> tuple[Tried, RunOffResult | None]:
     """The run-off between the leader and the finalists (and `reference`, NNCF's PTQ, always
     timed when given; chosen only if eligible); then the choice among the leader and its ties.
 
     `earlier`: an earlier run-off's record; its rounds against the same leader file are kept and
-    the pairs it decided (a tie at its time cap too) are not timed again."""
+    the pairs it decided (a tie at its time cap too) are not timed again. `block_s`: the expected
+    seconds of one block of rounds for one finalist, so that only as many enter as the cap lets
+    be timed twice."""
     entrants = finalists_of(leader, eligible)
     if reference is not None and reference is not leader and reference not in entrants:
         entrants.append(reference)
     if not entrants:
         return leader, None
+    entrants, left_out = fitting(entrants, reference, block_s, cap_s)
+    for t in left_out:  # the screening could not rank them, nor did the time allow a run-off: the faster went first
+        t.runoff = {"outcome": "not in the run-off: its time cap allowed the finalists faster by the screening",
+                    "versus": leader.name, "speed": None}  # fmt: skip
     by_name = {t.name: t for t in [leader, *entrants]}
     console.rule(f"[bold]tune: run-off, {len(entrants)} against {leader.name} (at most {cap_s:.0f} s)")
     result = run_off(
@@ -101,6 +111,14 @@ def settle(
     for name, t in by_name.items():
         t.runoff = runoff_record(name, result, winner)
     return winner, result
+
+
+def fitting(entrants: list[Tried], reference: Tried | None, block_s: float, cap_s: float) -> tuple[list[Tried], list[Tried]]:
+    """As many finalists as `cap_s` lets be timed two blocks each (at least one), the fastest by
+    the screening first; the reference (NNCF's PTQ) always among them."""
+    room = max(1, int(cap_s // (2 * block_s))) if block_s > 0 else len(entrants)
+    ranked = sorted(entrants, key=lambda t: (t is not reference, -t.speedup()))
+    return ranked[:room], ranked[room:]
 
 
 def pairs_against(leader: Tried, earlier: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -155,8 +173,8 @@ def runoff_record(name: str, result: RunOffResult, winner: Tried) -> dict[str, A
 
 
 def runoff_cap(search_s: float) -> float:
-    """A fifth of the search so far, 20 s to 10 minutes: the run-off must not be what a tune costs."""
-    return min(600.0, max(20.0, 0.2 * search_s))
+    """15 % of the search so far, 20 s to 10 minutes: the run-off must not be what a tune costs."""
+    return min(600.0, max(20.0, 0.15 * search_s))
 
 
 def eligible_candidates(tried: list[Tried], baseline: Tried, settings: TuneSettings) -> list[Tried]:
@@ -217,8 +235,10 @@ def run_off_leaders(
         return leader, None
     from vitdeploy.tune.timing import bench_timer
 
-    timer = bench_timer(settings.providers, settings.batches, settings.threads, settings.duration_s)
-    winner, result = settle(leader, eligible, reference, timer, cap_s, None if settings.remeasure else earlier)
+    timer = bench_timer(settings.providers, settings.batches, settings.threads, min(settings.duration_s, RUNOFF_PAIR_S))
+    cells = len(settings.providers) * len(settings.batches)
+    block_s = cells * 2 * BLOCK * (RUNOFF_PAIR_S + 0.15)  # each cell: the leader, then the finalist; 0.15 s to open each
+    winner, result = settle(leader, eligible, reference, timer, cap_s, None if settings.remeasure else earlier, block_s)
     if result is None:
         return winner, None
     by_name = {t.name: t for t in tried}
