@@ -90,3 +90,42 @@ def test_bundle_archives_open_on_pythons_with_and_without_tarfiles_data_filter(
         monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filter)
     opened = open_bundle(tmp_path / "b.tar.gz", tmp_path / "scratch")
     assert opened.labels == ["cat", "dog"] and opened.model.read_bytes() == b"weights"
+
+
+def _recipe(tmp_path: Path, **sections) -> Path:
+    import yaml
+
+    recipe = {"name": "mine", "model": {"name": "vit_tiny_patch16_224"}} | sections
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_misspelled_key_names_the_nearest_one(tmp_path: Path) -> None:
+    done = runner.invoke(app, ["check", str(_recipe(tmp_path, quantise={"mode": "static"}))])
+    assert done.exit_code == 2 and "quantise: unknown key; did you mean quantize?" in done.output
+    far = runner.invoke(app, ["check", str(_recipe(tmp_path, zzz=1))])
+    assert "zzz: unknown key; allowed:" in far.output and "did you mean" not in far.output
+
+
+def test_a_model_folder_given_as_checkpoint_is_named_as_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "my-vit"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    done = runner.invoke(app, ["check", str(_recipe(tmp_path, model={"name": "vit_tiny_patch16_224", "checkpoint": str(folder)}))])
+    assert done.exit_code == 2 and "is a Hugging Face model folder" in done.output and "file not found" not in done.output
+    (folder / "config.json").unlink()
+    done = runner.invoke(app, ["check", str(_recipe(tmp_path, model={"name": "vit_tiny_patch16_224", "checkpoint": str(folder)}))])
+    assert "is a folder; give the weights file inside it" in done.output
+
+
+def test_a_random_model_on_your_own_folder_is_warned_about_cifar10_statistics(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    (tmp_path / "photos" / "dog").mkdir()
+    data = {"dataset": "photos", "source": str(tmp_path / "photos")}
+    model = {"name": "vit_tiny_patch16_224", "overrides": {"num_classes": 2}}
+    done = runner.invoke(app, ["check", str(_recipe(tmp_path, data=data, model=model))])
+    assert done.exit_code == 0 and "CIFAR-10's mean" in done.output and "data.preprocess" in done.output
+    data["preprocess"] = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    done = runner.invoke(app, ["check", str(_recipe(tmp_path, data=data, model=model))])
+    assert done.exit_code == 0 and "CIFAR-10's mean" not in done.output

@@ -92,7 +92,7 @@ def _validate(recipe_path: Path):
     Names on the shipped lists pass without importing timm or ONNX Runtime's quantizer (a
     recipe checks in well under a second); any other name is asked of the installed library.
     """
-    from vitdeploy.data.classes import check_head_matches
+    from vitdeploy.data.classes import check_head_matches, preprocessing_warning
     from vitdeploy.recipe.known_names import are_quantizable, is_known_vit
     from vitdeploy.recipe.schema import RecipeError, load_recipe
 
@@ -109,6 +109,9 @@ def _validate(recipe_path: Path):
         check_head_matches(recipe)
     except UserError as e:
         raise RecipeError(str(recipe_path), [str(e)]) from None
+    warning = preprocessing_warning(recipe)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return recipe
 
 
@@ -160,6 +163,17 @@ def build(
             r, recipe.resolve(), resolve_device(device), fresh=fresh, checkpoint_every_s=checkpoint_every, wait=not no_wait
         )
     out.print(summary_table(manifest))
+    out.print(next_steps_after_build(r, manifest), highlight=False)
+
+
+def next_steps_after_build(r, manifest: dict) -> str:
+    """Where the files went, and the two commands a user runs next."""
+    folder = r.output.dir
+    onnx_file = folder / manifest["artifacts"]["onnx"]["file"]
+    return (
+        f"files in {folder}/ (manifest {r.artifact_name}.json); next: "
+        f"vitdeploy bench {onnx_file} --batch 1,16, then vitdeploy package {onnx_file} --out {folder / r.artifact_name}.tar.gz"
+    )
 
 
 @app.command(short_help="Find the fastest artifact within an accuracy budget, measured here.")
@@ -233,7 +247,7 @@ def tune_table(report: dict) -> Table:
         f"FP32 {report['fp32_validation_top1']:.2f} %){ran}; {scored}: {test['test_top1']:.2f} % "
         f"({-test['test_drop']:+.2f} points vs FP32 {test['test_top1_fp32']:.2f} %)",
         caption="drop: points lost against FP32 with its 95 % interval, paired image by image; "
-        "run-off: speed against the leader, 95 % interval over paired rounds",
+        "run-off: speed against the leader, 99 % interval over paired rounds",
     )
     for col in ("candidate", "val top-1", "drop", "size", "speed vs FP32", "run-off", "verdict"):
         table.add_column(col, justify="left" if col in ("candidate", "verdict", "run-off") else "right")
@@ -569,6 +583,8 @@ def package(
     load_checked(model)
     packaging.built_artifact(model)  # before any benchmarking: refuse what is not an unchanged build output
     target = out_path or model.with_name(model.name.removesuffix(".onnx") + ".bundle")
+    if bench != "none":  # a few seconds per cell: said, so the wait is not a surprise
+        err.print(f"timing {model.name} on {bench} at batch {batch} for the bundle's figures (--bench none skips it)")
     figures, env = _bundle_benchmarks(model, bench, batch, threads, duration)
     with err.status(f"packaging {model.name}"):
         packaging.package(model, target, ort_format=ort_format, benchmarks=figures, bench_environment=env)
@@ -578,6 +594,7 @@ def package(
         verified = open_bundle(target, Path(scratch))
     files = ", ".join(verified.manifest["files"])
     out.print(f"[green]{target}[/]: {files} (checksums verified)", highlight=False)
+    out.print(f"next: copy it to the device and run vitdeploy predict {target} IMAGES (no PyTorch needed)", highlight=False)
 
 
 def _bundle_benchmarks(model: Path, providers: str, batch: str, threads: int | None, duration: float):

@@ -132,3 +132,20 @@ def check_head_matches(recipe: Recipe) -> None:
     outputs, classes = head_size(model), dataset_classes(data)
     if outputs is not None and classes is not None and outputs != len(classes):
         raise UserError(f"model.overrides.num_classes: {mismatch(outputs, classes, data.dataset)}")
+
+
+def preprocessing_warning(recipe: Recipe) -> str | None:
+    """Why the recipe's normalization may not fit its images, or None.
+
+    A model trained here from random weights on a user's own folder is normalized with the
+    recipe's defaults, CIFAR-10's mean and std, unless `data.preprocess` says otherwise; weights
+    from timm bring their own, and a vitdeploy checkpoint was trained with the recipe's."""
+    if recipe.data.dataset == "cifar10" or "preprocess" in recipe.data.model_fields_set:
+        return None
+    if recipe.model.pretrained or recipe.model.checkpoint is not None:
+        return None
+    mean = ", ".join(f"{v:.3f}" for v in recipe.data.preprocess.mean)
+    return (
+        f"data.preprocess is not set: '{recipe.data.dataset}' images are normalized with CIFAR-10's mean ({mean}) and "
+        "std; set data.preprocess.mean and std to your images' statistics (ImageNet's for ImageNet-style photos)"
+    )

@@ -600,14 +600,23 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
     return None
 
 
+def unknown_key_message(key: str, allowed: list[str] | None) -> str:
+    """'unknown key; did you mean quantize? allowed: ...': the nearest allowed key first (a typo or British spelling)."""
+    import difflib
+
+    if not allowed:
+        return "unknown key"
+    near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return "unknown key" + (f"; did you mean {near[0]}?" if near else ";") + f" allowed: {', '.join(allowed)}"
+
+
 def format_validation_error(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Recipe, e["loc"])
-            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            msg = unknown_key_message(str(e["loc"][-1]), _allowed_keys(Recipe, e["loc"]))
         elif e["type"] == "union_tag_invalid":
             names = ", ".join(c.model_fields["stage"].default for c in STAGE_CONFIGS)
             msg = f"unknown stage {e['input'].get('stage')!r}; allowed stages: {names}"
@@ -706,6 +715,21 @@ def check_output_paths(recipe: Recipe, path: Path) -> list[str]:
     return problems
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be a weights file, or None: missing, or a folder (a saved model's
+    directory, such as a Hugging Face `save_pretrained` folder) where one file is read."""
+    if path.is_file():
+        return None
+    if not path.is_dir():
+        return f"file not found: {path}"
+    if (path / "config.json").is_file():
+        return (
+            f"{path} is a Hugging Face model folder; vitdeploy reads timm state dicts (.safetensors, .pth): "
+            "load it with transformers and save a timm-keyed state dict, or give a timm checkpoint"
+        )
+    return f"{path} is a folder; give the weights file inside it (.safetensors or .pth)"
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read, validate and resolve a recipe; every user error becomes a RecipeError."""
     path = Path(path)
@@ -714,11 +738,12 @@ def load_recipe(path: str | Path) -> Recipe:
     data = read_recipe_data(path)
     recipe = parse_recipe(data, path, base=path.parent.resolve())
     missing = check_output_paths(recipe, path)
-    if recipe.model.checkpoint and not recipe.model.checkpoint.is_file():
-        missing.append(f"model.checkpoint: file not found: {recipe.model.checkpoint}")
-    for i, stage in enumerate(recipe.stages):
-        if isinstance(stage, DistillConfig) and stage.teacher.checkpoint and not stage.teacher.checkpoint.is_file():
-            missing.append(f"stages.{i}.teacher.checkpoint: file not found: {stage.teacher.checkpoint}")
+    checkpoints = {"model.checkpoint": recipe.model.checkpoint} | {
+        f"stages.{i}.teacher.checkpoint": stage.teacher.checkpoint
+        for i, stage in enumerate(recipe.stages)
+        if isinstance(stage, DistillConfig)
+    }
+    missing += [f"{key}: {problem}" for key, path in checkpoints.items() if path and (problem := checkpoint_problem(path))]
     if recipe.data.source and not recipe.data.source.exists():
         missing.append(f"data.source: not found: {recipe.data.source}")
     if missing:
