@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from vitdeploy.build.pipeline import build
 from vitdeploy.core.locking import exclusive
 from vitdeploy.core.storage import StorageError
+from vitdeploy.pipeline.build import build
 from vitdeploy.recipe.schema import load_recipe
 
 TRIALS = Path(__file__).resolve().parents[1] / "tests" / "fault_trials.py"

@@ -23,7 +23,7 @@ import tarfile
 from pathlib import Path
 
 from vitdeploy.bench import measure as B
-from vitdeploy.build.packaging import package
+from vitdeploy.delivery.packaging import package
 from vitdeploy.runtime.bundle import open_bundle
 from vitdeploy.runtime.predict import Tally, bundle_predictor, predict
 from vitdeploy.runtime.results import csv_writer

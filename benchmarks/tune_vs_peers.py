@@ -37,12 +37,12 @@ import numpy as np
 import onnx
 
 from vitdeploy.bench import measure as B
-from vitdeploy.build.pipeline import calibration_images, non_standard_ops
 from vitdeploy.core.progress import console, progress_bar
 from vitdeploy.data.classes import decode_size
 from vitdeploy.data.datasets import load_split, preprocess
 from vitdeploy.data.scoring import predict_accuracy
 from vitdeploy.onnx.graph import read_preprocess
+from vitdeploy.pipeline.build import calibration_images, non_standard_ops
 from vitdeploy.recipe.schema import DataSpec, Recipe, load_recipe
 from vitdeploy.runtime.sessions import open_predictor
 from vitdeploy.torch.export import INPUT_NAME

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.build.packaging import package
-from vitdeploy.build.pipeline import build
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import StorageError
+from vitdeploy.delivery.packaging import package
+from vitdeploy.pipeline.build import build
 from vitdeploy.recipe.schema import load_recipe
 
 

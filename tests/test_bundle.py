@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitdeploy.build.packaging import package
 from vitdeploy.cli import app
 from vitdeploy.core.errors import UserError
 from vitdeploy.data.datasets import DataStore
+from vitdeploy.delivery.packaging import package
 from vitdeploy.runtime.bundle import open_bundle
 from vitdeploy.runtime.predict import Failure, Prediction, Tally, bundle_predictor, predict
 
@@ -111,6 +111,21 @@ def test_predict_never_imports_torch(built: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "TORCH-FREE" in done.stdout, done.stderr[-2000:]
+
+
+def test_package_never_imports_torch(built: Path) -> None:
+    code = (
+        "import sys\n"
+        "from vitdeploy.cli import main\n"
+        f"sys.argv = ['vitdeploy', 'package', {str(built / 'out' / 'edge.onnx')!r}, '--out', {str(built / 'p.tar.gz')!r},"
+        " '--batch', '1', '--duration', '0.2']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('TORCH-FREE')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "TORCH-FREE" in done.stdout, done.stderr[-2000:]
+    assert (built / "p.tar.gz").is_file() and "vitdeploy predict" in done.stdout  # says what to run next
 
 
 def test_failures_are_reported_in_order_with_the_rest(built: Path, tmp_path: Path) -> None:

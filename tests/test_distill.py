@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitdeploy.build.pipeline import build, run_stages
 from vitdeploy.core.errors import UserError
 from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.pipeline.build import build, run_stages
 from vitdeploy.recipe.schema import DistillConfig, Preprocess, TeacherSpec, load_recipe, parse_recipe
 from vitdeploy.torch.models import save_weights
 from vitdeploy.torch.stages.distill import make_loss, soft_loss

@@ -24,9 +24,9 @@ import pytest
 import torch
 import yaml
 
-from vitdeploy.build.pipeline import build, recipe_lock
 from vitdeploy.core.locking import exclusive
 from vitdeploy.core.storage import StorageError
+from vitdeploy.pipeline.build import build, recipe_lock
 from vitdeploy.recipe.schema import load_recipe
 
 from .conftest import TINY_OVERRIDES
@@ -115,7 +115,7 @@ def test_a_second_build_with_no_wait_is_refused_naming_the_holder(cifar10: Path,
 def test_a_lock_left_by_a_killed_build_is_taken_over(cifar10: Path, tmp_path: Path) -> None:
     path = recipe_file(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom vitdeploy.build.pipeline import recipe_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom vitdeploy.pipeline.build import recipe_lock\n"
          "from vitdeploy.recipe.schema import load_recipe\n"
          f"with recipe_lock(load_recipe({str(path)!r})):\n    print('held', flush=True)\n    time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,

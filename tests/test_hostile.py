@@ -27,9 +27,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from vitdeploy.build.packaging import package
 from vitdeploy.cli import app
 from vitdeploy.core.storage import sha256_file
+from vitdeploy.delivery.packaging import package
 
 HOSTILE = Path(__file__).parent / "hostile"
 RECIPE_CASES = sorted(HOSTILE.glob("*.yaml"))

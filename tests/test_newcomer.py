@@ -112,10 +112,14 @@ def test_a_model_folder_given_as_checkpoint_is_named_as_a_folder(tmp_path: Path)
     folder = tmp_path / "my-vit"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    done = runner.invoke(app, ["check", str(_recipe(tmp_path, model={"name": "vit_tiny_patch16_224", "checkpoint": str(folder)}))])
+    done = runner.invoke(
+        app, ["check", str(_recipe(tmp_path, model={"name": "vit_tiny_patch16_224", "checkpoint": str(folder)}))]
+    )
     assert done.exit_code == 2 and "is a Hugging Face model folder" in done.output and "file not found" not in done.output
     (folder / "config.json").unlink()
-    done = runner.invoke(app, ["check", str(_recipe(tmp_path, model={"name": "vit_tiny_patch16_224", "checkpoint": str(folder)}))])
+    done = runner.invoke(
+        app, ["check", str(_recipe(tmp_path, model={"name": "vit_tiny_patch16_224", "checkpoint": str(folder)}))]
+    )
     assert "is a folder; give the weights file inside it" in done.output
 
 

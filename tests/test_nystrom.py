@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from vitdeploy.build.pipeline import build
 from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.pipeline.build import build
 from vitdeploy.recipe.schema import ExportSpec, Preprocess, load_recipe
 from vitdeploy.torch.export import check_parity, export_onnx
 from vitdeploy.torch.nystrom import NystromAttention, iterative_pinv, segment_mean_matrix

@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vitdeploy.build.pipeline import build, run_stages
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.storage import atomic_path
 from vitdeploy.data.datasets import DataStore, preprocess
+from vitdeploy.pipeline.build import build, run_stages
 from vitdeploy.recipe.schema import load_recipe, parse_recipe
 
 from .conftest import ROOT, TEACHER

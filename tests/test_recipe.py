@@ -135,10 +135,10 @@ def test_a_quantize_section_without_mode_is_an_error_not_static_int8(tmp_path: P
 
 
 def test_the_shipped_name_lists_match_the_installed_timm_and_onnx_runtime() -> None:
-    """`check` answers from the lists; regenerate them with `python -m vitdeploy.build.known_names`."""
+    """`check` answers from the lists; regenerate them with `python -m vitdeploy.pipeline.known_names`."""
     import json
 
-    from vitdeploy.build.known_names import current_names
+    from vitdeploy.pipeline.known_names import current_names
     from vitdeploy.recipe.known_names import LIST_FILE
 
     shipped = json.loads(LIST_FILE.read_text())

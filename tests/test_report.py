@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from vitdeploy.build.report import PAPER, method_of, pareto, run
+from vitdeploy.delivery.report import PAPER, method_of, pareto, run
 
 from .conftest import TEACHER
+
+
+def BUILD(recipe, path: Path) -> dict:
+    import torch
+
+    from vitdeploy.pipeline.build import build
+
+    return build(recipe, path, torch.device("cpu"))
+
 
 TEACHER_MODEL = {
     "name": "vit_tiny_patch16_224",
@@ -56,7 +65,7 @@ def test_report_from_two_artifacts(cifar10: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     base = write_recipe(tmp_path, "base", {"mode": "none"})
     dyn = write_recipe(tmp_path, "dyn", {"mode": "dynamic"})
-    files = run([base, dyn], tmp_path / "report", True, 2, 0.2, 1, None, "cpu")
+    files = run([base, dyn], tmp_path / "report", BUILD, 2, 0.2, 1, None)
     data = json.loads(files["json"].read_text())
     rows = {r["name"]: r for r in data["rows"]}
     assert set(rows) == {"base", "dyn"} and data["baseline"] == "base"
@@ -75,14 +84,14 @@ def test_report_from_two_artifacts(cifar10: Path, tmp_path: Path) -> None:
     assert checker.stack == [] and checker.rows == 3 and checker.images == 2
 
     # --no-build regenerates from the manifests and the earlier timings of the same files.
-    again = run([base, dyn], tmp_path / "report", False, 1, 0.1, 1, None, "cpu")
+    again = run([base, dyn], tmp_path / "report", None, 1, 0.1, 1, None)
     redone = json.loads(again["json"].read_text())
     assert [r["speed"] for r in redone["rows"]] == [r["speed"] for r in data["rows"]]
     assert any("timings reused" in n for n in redone["notes"])
 
     # --no-build reuses the artifacts whose recipe hash matches, and leaves out a changed recipe.
     changed = write_recipe(tmp_path, "dyn", {"mode": "dynamic", "per_channel": False})
-    again = run([base, changed], tmp_path / "report2", False, 1, 0.1, 1, None, "cpu")
+    again = run([base, changed], tmp_path / "report2", None, 1, 0.1, 1, None)
     data = json.loads(again["json"].read_text())
     assert [r["name"] for r in data["rows"]] == ["base"] and "dyn: no current artifact" in data["notes"][0]
 
@@ -102,7 +111,7 @@ def test_pareto_front_and_method_classification() -> None:
 def test_a_single_user_recipe_gets_no_survey_columns_and_names_its_threads(cifar10: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     mine = write_recipe(tmp_path, "mine", {"mode": "none"})
-    files = run([mine], tmp_path / "report", True, 1, 0.1, None, None, "cpu")
+    files = run([mine], tmp_path / "report", BUILD, 1, 0.1, None, None)
     md = files["md"].read_text()
     assert "paper" not in md and "smaller drop" not in md
     assert "None threads" not in md and "ONNX Runtime's default threads" in md

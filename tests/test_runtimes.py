@@ -9,9 +9,9 @@ import onnx
 import pytest
 import torch
 
-from vitdeploy.build.pipeline import build
 from vitdeploy.core.errors import BuildError, RecipeError
 from vitdeploy.onnx.graph import activation_matmuls
+from vitdeploy.pipeline.build import build
 from vitdeploy.recipe.schema import load_recipe, parse_recipe
 
 from .conftest import TEACHER, TINY_OVERRIDES

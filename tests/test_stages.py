@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.build.pipeline import run_stages, stage_key
+from vitdeploy.pipeline.build import run_stages, stage_key
 from vitdeploy.recipe.schema import STAGE_CONFIGS, parse_recipe
 from vitdeploy.torch.models import save_weights
 from vitdeploy.torch.stages import STAGES
@@ -70,7 +70,7 @@ def test_repeated_stages_keep_one_report_each_and_reload_from_cache(cifar10: Pat
 DDP_SCRIPT = """
 import json, sys, torch
 from vitdeploy.recipe.schema import parse_recipe
-from vitdeploy.build.pipeline import run_stages
+from vitdeploy.pipeline.build import run_stages
 recipe = parse_recipe(json.loads(sys.argv[1]))
 model, _ = run_stages(recipe, torch.device("cpu"))
 import torch.distributed as dist

@@ -46,7 +46,7 @@ def test_images_held_out_from_the_test_split_leave_training_whole_and_are_never_
 
 
 def test_a_model_trained_for_tune_serves_the_tuned_build_unless_it_learnt_from_fewer_images(cifar10: Path) -> None:
-    from vitdeploy.build.pipeline import stage_keys
+    from vitdeploy.pipeline.build import stage_keys
     from vitdeploy.recipe.schema import Recipe
 
     def keys(**data: object) -> list[str]:

@@ -155,7 +155,7 @@ def build(
     build of the same recipe waits for the first one.
     """
     r = _validate(recipe)
-    from vitdeploy.build.pipeline import build as run_build
+    from vitdeploy.pipeline.build import build as run_build
     from vitdeploy.torch.stages import resolve_device
 
     with interrupt_on_sigterm():
@@ -344,7 +344,7 @@ def clean(
     """Remove recipes' caches: saved stage outputs, training checkpoints, work files (not the artifacts).
 
     A recipe being built is cleaned when its build ends."""
-    from vitdeploy.build.pipeline import clean as clean_cache
+    from vitdeploy.pipeline.build import clean as clean_cache
 
     for path in recipes:
         r = _validate(path)
@@ -505,9 +505,15 @@ def report(
     device: Annotated[str, typer.Option(help="device for builds: cpu, cuda, cuda:N or auto")] = "auto",
 ) -> None:
     """Build what is missing, benchmark every artifact, write the comparison table and plots."""
-    from vitdeploy.build import report as R
+    from vitdeploy.delivery import report as R
 
-    files = R.run(recipes, out_dir, not no_build, rounds, duration, threads, baseline, device)
+    def build_missing(recipe, path: Path) -> dict:
+        from vitdeploy.pipeline.build import build as run_build
+        from vitdeploy.torch.stages import resolve_device
+
+        return run_build(recipe, path, resolve_device(device))
+
+    files = R.run(recipes, out_dir, None if no_build else build_missing, rounds, duration, threads, baseline)
     out.print(files["md"].read_text(), markup=False, highlight=False)
     out.print(f"[green]wrote[/] {', '.join(str(p) for p in files.values())}")
 
@@ -576,7 +582,7 @@ def package(
     duration: Annotated[float, typer.Option(help="seconds of timed runs per benchmark cell")] = 2.0,
 ) -> None:
     """Write an edge bundle: model, preprocess.json, labels.txt, bundle.json with checksums and figures."""
-    from vitdeploy.build import packaging
+    from vitdeploy.delivery import packaging
     from vitdeploy.onnx.graph import load_checked
     from vitdeploy.runtime.bundle import open_bundle
 

@@ -3,7 +3,7 @@ ONNX Runtime's quantizer has rules for, read from a list shipped beside this fil
 
 `vitdeploy check` answers from the list without importing timm (and with it torch, seconds) or
 ONNX Runtime's quantizer. A name the list lacks is not refused here: the caller asks the
-installed library, which may be newer than the list. `python -m vitdeploy.build.known_names`
+installed library, which may be newer than the list. `python -m vitdeploy.pipeline.known_names`
 writes the list from the installed timm and ONNX Runtime; a test keeps the two equal.
 """
 

@@ -14,7 +14,7 @@ A bundle is a folder (or a .tar.gz of one):
 `open_bundle` verifies every checksum before anything is loaded: a file changed, added or
 missing after packaging is refused with its name. No torch here, and no onnx package:
 a device needs onnxruntime, numpy and pillow. Packaging is the build side's
-(`vitdeploy.build.packaging`).
+(`vitdeploy.delivery.packaging`).
 """
 
 from __future__ import annotations

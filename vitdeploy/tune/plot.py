@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitdeploy.build.report import pareto
 from vitdeploy.core.errors import UserError
+from vitdeploy.delivery.report import pareto
 
 
 def runoff_label(runoff: dict | None) -> str:

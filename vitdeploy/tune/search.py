@@ -308,7 +308,7 @@ def load_student(recipe: Recipe, path: Path) -> Recipe:
 def build_one(
     recipe: Recipe, recipe_path: Path, candidate: Candidate, validation: Validation, device: Any, providers: tuple[str, ...]
 ) -> Tried:
-    from vitdeploy.build.pipeline import build
+    from vitdeploy.pipeline.build import build
 
     r = candidate_recipe(recipe, candidate, validation, providers)
     t = Tried(candidate, r.artifact_name)
@@ -397,13 +397,13 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
     held-out images; kept beside it and reused while the file is unchanged."""
     import json
 
-    from vitdeploy.build.pipeline import calibration_images
     from vitdeploy.core.contract import INPUT_NAME
     from vitdeploy.data.classes import decode_size
     from vitdeploy.data.datasets import load_split
     from vitdeploy.onnx.graph import read_preprocess, token_count
     from vitdeploy.onnx.quantize import ArrayCalibrationReader
     from vitdeploy.onnx.sensitivity import layer_sensitivity
+    from vitdeploy.pipeline.build import calibration_images
 
     saved = fp32.with_name(f"{fp32.name}.sensitivity.json")
     digest = sha256_file(fp32)
@@ -431,7 +431,7 @@ def made_by(manifest: dict) -> tuple:
 
 
 def made_by_now(r: Recipe) -> tuple:
-    from vitdeploy.build.pipeline import environment
+    from vitdeploy.pipeline.build import environment
 
     return tuple(environment(list(r.runtimes)).get(k) for k in TOOLS)
 
@@ -491,7 +491,7 @@ def build_tuned(tuned: Path, device: Any, runtime: str, fp32: Path | None = None
     """Build the tuned recipe (scored on the test split); its drop and artifact. `runtime`: where
     its top-1 counts (FP32's is ONNX Runtime's). `fp32`: the FP32 file the drop is against, when
     it is not the tuned build's own (a student won: its drop counts against the model tuned)."""
-    from vitdeploy.build.pipeline import build
+    from vitdeploy.pipeline.build import build
     from vitdeploy.recipe.schema import load_recipe
 
     console.rule("[bold]tune: building the chosen recipe (scored on the test split)")

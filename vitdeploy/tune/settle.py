@@ -151,7 +151,7 @@ def tie_break(tied: list[Tried]) -> Tried:
 
 def runtime_needs(t: Tried) -> int:
     """Operators outside standard ONNX (ONNX Runtime's contrib operators): each one a runtime must provide."""
-    from vitdeploy.build.pipeline import non_standard_ops
+    from vitdeploy.pipeline.build import non_standard_ops
 
     return len(non_standard_ops(Path(t.file))) if t.file else 0
 

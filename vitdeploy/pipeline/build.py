@@ -26,7 +26,6 @@ from pydantic import BaseModel
 from torch import nn
 
 from vitdeploy import __version__
-from vitdeploy.build.export_cache import fp32_key, reuse_fp32, store_fp32
 from vitdeploy.core.batching import calibration_batch, evaluation_batch
 from vitdeploy.core.contract import InputContract
 from vitdeploy.core.errors import BuildError
@@ -42,6 +41,7 @@ from vitdeploy.onnx.fusion import optimize_transformer
 from vitdeploy.onnx.graph import stamp_preprocess
 from vitdeploy.onnx.nncf_quantize import ValidationImages
 from vitdeploy.onnx.quantize import ArrayCalibrationReader, quantize_model
+from vitdeploy.pipeline.export_cache import fp32_key, reuse_fp32, store_fp32
 from vitdeploy.recipe.schema import Recipe
 from vitdeploy.runtime.backends import backend_for
 from vitdeploy.runtime.sessions import ProviderUnavailable, open_predictor, open_session

@@ -1,5 +1,5 @@
 """Writes `vitdeploy/recipe/known_names.json` from the installed timm and ONNX Runtime:
-`python -m vitdeploy.build.known_names`."""
+`python -m vitdeploy.pipeline.known_names`."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ folder that timed the same ONNX files supplies the timings instead) (paired roun
 ONNX Runtime has it), and write `report.md`, a self-contained `report.html`, two PNG plots
 (top-1 against CPU throughput and against size, the Pareto front drawn) and `report.json`.
 Each row sits beside the survey's row for the same method, as deltas against each side's own
-baseline. Nothing here imports torch unless a recipe has to be built.
+baseline. Nothing here imports torch: the caller builds what is missing (`Builder`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,16 +117,18 @@ def current_manifest(recipe: Recipe) -> dict | None:
     return manifest
 
 
-def collect(recipe_paths: list[Path], build: bool, device: str = "auto") -> tuple[list[Row], list[str]]:
+# Builds a recipe (given its file) and returns its manifest: the caller's, since building needs torch.
+Builder = Callable[[Recipe, Path], dict]
+
+
+def collect(recipe_paths: list[Path], build: Builder | None) -> tuple[list[Row], list[str]]:
+    """A row per recipe whose artifact is current; `build` makes the missing ones (None: left out)."""
     rows, notes = [], []
     for path in recipe_paths:
         recipe = load_recipe(path)
         manifest = current_manifest(recipe)
-        if manifest is None and build:
-            from vitdeploy.build.pipeline import build as run_build
-            from vitdeploy.torch.stages import resolve_device
-
-            manifest = run_build(recipe, Path(path).resolve(), resolve_device(device))
+        if manifest is None and build is not None:
+            manifest = build(recipe, Path(path).resolve())
         if manifest is None:
             notes.append(f"{recipe.artifact_name}: no current artifact (recipe changed or never built); left out")
             continue
@@ -338,10 +341,10 @@ def reuse_timings(out: Path, rows: list[Row]) -> dict | None:
 
 
 def run(
-    recipe_paths: list[Path], out: Path, build: bool, rounds: int, duration: float, threads: int | None,
-    baseline_name: str | None, device: str,
+    recipe_paths: list[Path], out: Path, build: Builder | None, rounds: int, duration: float, threads: int | None,
+    baseline_name: str | None,
 ) -> dict[str, Path]:  # fmt: skip
-    rows, notes = collect(recipe_paths, build, device)
+    rows, notes = collect(recipe_paths, build)
     baseline = next((r for r in rows if r.name == baseline_name), None) if baseline_name else rows[0]
     if baseline is None:
         raise UserError(f"--baseline {baseline_name}: not among {', '.join(r.name for r in rows)}")
