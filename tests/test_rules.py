@@ -56,3 +56,22 @@ def test_quantizing_leaves_the_process_loggers_and_temp_folder_as_they_were(tmp_
     quantize_model(path, tmp_path / "q.onnx", spec, ArrayCalibrationReader(INPUT_NAME, images, 4))
     assert root.level == logging.INFO and tempfile.tempdir == before_dir
     assert not list(tmp_path.glob(".quantize-*")), "scratch left behind"
+
+
+def test_one_rule_says_whether_a_manifest_is_current(tmp_path: Path) -> None:
+    import json
+
+    from vitdeploy.delivery.manifests import current_manifest
+    from vitdeploy.recipe.schema import parse_recipe
+
+    recipe = parse_recipe({"name": "r", "model": {"name": "vit_tiny_patch16_224"}, "output": {"dir": str(tmp_path)}})
+    (tmp_path / "r.onnx").write_bytes(b"abcd")
+    manifest = {"recipe": {"sha256": recipe.digest()}, "artifacts": {"onnx": {"file": "r.onnx", "sha256": "-", "bytes": 4}}}
+    (tmp_path / "r.json").write_text(json.dumps(manifest))
+    assert current_manifest(recipe) == manifest
+    assert current_manifest(recipe, lambda m: False) is None  # made by other code or libraries
+    changed = parse_recipe({"name": "r", "model": {"name": "vit_tiny_patch16_224"}, "output": {"dir": str(tmp_path)},
+                            "evaluate": {"samples": 10}})  # fmt: skip
+    assert current_manifest(changed) is None
+    (tmp_path / "r.onnx").write_bytes(b"abc")  # a file cut short
+    assert current_manifest(recipe) is None

@@ -21,6 +21,7 @@ from pathlib import Path
 from vitdeploy.bench import measure as B
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.providers import get_provider
+from vitdeploy.delivery.manifests import current_manifest
 from vitdeploy.recipe.schema import Recipe, load_recipe
 
 # The survey's CIFAR-10 table (ImageNet-pretrained ViT-B/16 baseline): top-1 %, size MB, CPU speedup.
@@ -98,23 +99,6 @@ class Row:
 def compares_with_survey(rows: list[Row]) -> bool:
     """The survey's columns only beside at least one compression method it measured."""
     return any(r.paper is not None and r.method_key != "baseline" for r in rows)
-
-
-def manifest_path(recipe: Recipe) -> Path:
-    return recipe.output.dir / f"{recipe.artifact_name}.json"
-
-
-def current_manifest(recipe: Recipe) -> dict | None:
-    """The artifact's manifest if it was built from exactly this recipe and its files are there."""
-    path = manifest_path(recipe)
-    if not path.is_file():
-        return None
-    manifest = json.loads(path.read_text())
-    if manifest.get("recipe", {}).get("sha256") != recipe.digest():
-        return None
-    if not (recipe.output.dir / manifest["artifacts"]["onnx"]["file"]).is_file():
-        return None
-    return manifest
 
 
 # Builds a recipe (given its file) and returns its manifest: the caller's, since building needs torch.

@@ -439,20 +439,11 @@ def made_by_now(r: Recipe) -> tuple:
 def reuse_manifest(r: Recipe) -> dict | None:
     """The manifest of an earlier build of exactly this candidate, if its files are unchanged and
     the same code and libraries would make them."""
-    import json
+    from vitdeploy.delivery.manifests import current_manifest
 
-    path = r.output.dir / f"{r.artifact_name}.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("recipe", {}).get("sha256") != r.digest() or made_by(manifest) != made_by_now(r):
-        return None
-    for record in manifest.get("artifacts", {}).values():
-        file = r.output.dir / record["file"]
-        if not file.is_file() or file.stat().st_size != record["bytes"]:
-            return None
-    console.print(f"[cyan]reusing the earlier build of {r.artifact_name}")
+    manifest = current_manifest(r, lambda m: made_by(m) == made_by_now(r))
+    if manifest is not None:
+        console.print(f"[cyan]reusing the earlier build of {r.artifact_name}")
     return manifest
 
 
