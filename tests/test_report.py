@@ -100,12 +100,18 @@ def test_pareto_front_and_method_classification() -> None:
     points = [(1.0, 70.0), (2.0, 75.0), (3.0, 72.0), (4.0, 60.0)]
     assert pareto(points, larger_x_is_better=True) == [(2.0, 75.0), (3.0, 72.0), (4.0, 60.0)]
     assert pareto(points, larger_x_is_better=False) == [(1.0, 70.0), (2.0, 75.0)]
+    from vitdeploy.core.contract import BuildManifest
+
     prune = {
+        "name": "p",
+        "preprocess": {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+        "artifacts": {"onnx": {"file": "p.onnx", "sha256": "-"}},
+        "evaluate": {"top1": {"onnx_fp32": 0.5}},
         "stages": [{"stage": "prune", "config": {"ratio": 0.2}}],
         "quantize": None,
         "model": {"architecture": {"distilled": False}},
     }
-    assert method_of(prune)[0] == "prune_0.2" and PAPER["prune_0.2"].top1 == 80.56
+    assert method_of(BuildManifest.from_dict(prune, "p.json"))[0] == "prune_0.2" and PAPER["prune_0.2"].top1 == 80.56
 
 
 def test_a_single_user_recipe_gets_no_survey_columns_and_names_its_threads(cifar10: Path, tmp_path: Path) -> None:

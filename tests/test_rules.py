@@ -66,12 +66,26 @@ def test_one_rule_says_whether_a_manifest_is_current(tmp_path: Path) -> None:
 
     recipe = parse_recipe({"name": "r", "model": {"name": "vit_tiny_patch16_224"}, "output": {"dir": str(tmp_path)}})
     (tmp_path / "r.onnx").write_bytes(b"abcd")
-    manifest = {"recipe": {"sha256": recipe.digest()}, "artifacts": {"onnx": {"file": "r.onnx", "sha256": "-", "bytes": 4}}}
+    manifest = {
+        "name": "r", "recipe": {"sha256": recipe.digest()}, "artifacts": {"onnx": {"file": "r.onnx", "sha256": "-", "bytes": 4}},
+        "preprocess": {"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}, "evaluate": {"top1": {"onnx_fp32": 0.5}},
+    }  # fmt: skip
     (tmp_path / "r.json").write_text(json.dumps(manifest))
-    assert current_manifest(recipe) == manifest
+    assert current_manifest(recipe).raw == manifest
     assert current_manifest(recipe, lambda m: False) is None  # made by other code or libraries
     changed = parse_recipe({"name": "r", "model": {"name": "vit_tiny_patch16_224"}, "output": {"dir": str(tmp_path)},
                             "evaluate": {"samples": 10}})  # fmt: skip
     assert current_manifest(changed) is None
     (tmp_path / "r.onnx").write_bytes(b"abc")  # a file cut short
     assert current_manifest(recipe) is None
+
+
+def test_a_manifest_of_an_earlier_release_reads_typed() -> None:
+    import json
+
+    from vitdeploy.core.contract import BuildManifest
+
+    old = Path(__file__).resolve().parents[2] / "shared" / "teachers" / "vit_cifar10_cpu_34ep.build.json"
+    m = BuildManifest.from_dict(json.loads(old.read_text()), old.name)
+    assert m.stages[0].stage == "finetune" and m.file("onnx").endswith(".onnx") and m.artifact_top1 == 0.7785
+    assert m.parameters is None and m.dataset == "cifar10" and m.parity_agreement == 1.0  # what it lacks is None

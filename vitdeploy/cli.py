@@ -162,14 +162,17 @@ def build(
         manifest = run_build(
             r, recipe.resolve(), resolve_device(device), fresh=fresh, checkpoint_every_s=checkpoint_every, wait=not no_wait
         )
-    out.print(summary_table(manifest))
-    out.print(next_steps_after_build(r, manifest), highlight=False)
+    from vitdeploy.core.contract import BuildManifest
+
+    typed = BuildManifest.from_dict(manifest, r.artifact_name)
+    out.print(summary_table(typed))
+    out.print(next_steps_after_build(r, typed), highlight=False)
 
 
-def next_steps_after_build(r, manifest: dict) -> str:
+def next_steps_after_build(r, manifest) -> str:
     """Where the files went, and the two commands a user runs next."""
     folder = r.output.dir
-    onnx_file = folder / manifest["artifacts"]["onnx"]["file"]
+    onnx_file = folder / manifest.file("onnx")
     return (
         f"files in {folder}/ (manifest {r.artifact_name}.json); next: "
         f"vitdeploy bench {onnx_file} --batch 1,16, then vitdeploy package {onnx_file} --out {folder / r.artifact_name}.tar.gz"
@@ -366,28 +369,22 @@ def interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def summary_table(m: dict) -> Table:
-    table = Table(title=f"{m['name']}: built in {m['timings_s']['total']:.0f} s")
+def summary_table(m) -> Table:
+    """A built manifest (BuildManifest) as the table `build` prints."""
+    table = Table(title=f"{m.name}: built in {m.seconds:.0f} s")
     for col in ("artifact", "size", "top-1", "Δ vs fp32 onnx"):
         table.add_column(col, justify="right" if col != "artifact" else "left")
-    top1 = m["evaluate"]["top1"]
-    ref = top1.get("onnx_fp32")
-    rows = [
-        ("PyTorch", None, top1.get("torch")),
-        ("ONNX FP32", m["artifacts"].get("fp32_onnx", m["artifacts"]["onnx"]), ref),
-    ]
-    if "onnx_int8" in top1:
-        rows.append(("ONNX INT8", m["artifacts"]["onnx"], top1["onnx_int8"]))
+    ref = m.top1.get("onnx_fp32")
+    rows = [("PyTorch", None, m.top1.get("torch")), ("ONNX FP32", m.artifacts.get("fp32_onnx", m.artifacts["onnx"]), ref)]
+    if "onnx_int8" in m.top1:
+        rows.append(("ONNX INT8", m.artifacts["onnx"], m.top1["onnx_int8"]))
     for label, rec, acc in rows:
         if acc is None:
             continue
-        size = f"{rec['bytes'] / 1e6:.2f} MB" if rec else ""
+        size = f"{rec.bytes / 1e6:.2f} MB" if rec and rec.bytes else ""
         delta = f"{100 * (acc - ref):+.2f} pt" if ref is not None else ""
-        table.add_row(f"{label} {rec['file'] if rec else ''}", size, f"{acc:.2%}", delta)
-    table.caption = (
-        f"{m['evaluate']['images']} {m['evaluate']['split']} images · parity top-1 "
-        f"{m['export']['parity']['top1_agreement']:.2%} · peak RSS {m['peak_rss_mb']:.0f} MB"
-    )
+        table.add_row(f"{label} {rec.file if rec else ''}", size, f"{acc:.2%}", delta)
+    table.caption = f"{m.images} {m.split} images · parity top-1 {m.parity_agreement:.2%} · peak RSS {m.peak_rss_mb:.0f} MB"
     return table
 
 

@@ -110,9 +110,16 @@ class ArtifactRecord:
 
 
 @dataclass(frozen=True)
+class StageRecord:
+    stage: str  # "prune", "distill", ...
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class BuildManifest:
     """The build manifest (`NAME.json` beside the artifacts), typed for what reads it after the
-    build: packaging and the report. `raw` keeps the whole record as written."""
+    build: packaging, the report, tune and the CLI. `raw` keeps the whole record as written;
+    manifests of earlier releases read too (what they lack is None or empty)."""
 
     name: str
     input: InputContract
@@ -125,6 +132,15 @@ class BuildManifest:
     recipe_sha256: str | None
     architecture: dict[str, Any] | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    stages: tuple[StageRecord, ...] = ()
+    sizes: dict[str, int] = field(default_factory=dict)  # role -> bytes
+    parameters: int | None = None
+    macs: int | None = None
+    dataset: str | None = None  # the recipe's data.dataset
+    environment: dict[str, Any] = field(default_factory=dict)  # where and with what it was built
+    seconds: float | None = None  # the whole build
+    parity_agreement: float | None = None  # the exported file's top-1 agreement with PyTorch
+    peak_rss_mb: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> BuildManifest:
@@ -143,9 +159,35 @@ class BuildManifest:
                 recipe_sha256=(data.get("recipe") or {}).get("sha256"),
                 architecture=(data.get("model") or {}).get("architecture"),
                 raw=dict(data),
+                stages=tuple(StageRecord(s["stage"], dict(s.get("config") or {})) for s in data.get("stages") or ()),
+                sizes=dict(data.get("sizes_bytes") or {}),
+                parameters=(data.get("model") or {}).get("parameters"),
+                macs=(data.get("model") or {}).get("macs"),
+                dataset=(((data.get("recipe") or {}).get("resolved") or {}).get("data") or {}).get("dataset"),
+                environment=dict(data.get("environment") or {}),
+                seconds=(data.get("timings_s") or {}).get("total"),
+                parity_agreement=((data.get("export") or {}).get("parity") or {}).get("top1_agreement"),
+                peak_rss_mb=data.get("peak_rss_mb"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UserError(f"{where}: not a vitdeploy build manifest ({type(err).__name__}: {err})") from None
+
+    @property
+    def artifact_top1(self) -> float:
+        """The recipe's artifact's top-1: its INT8 model when quantized, else its FP32 file."""
+        return self.top1.get("onnx_int8", self.top1["onnx_fp32"])
+
+    @property
+    def quantize_mode(self) -> str:
+        return (self.quantize or {}).get("mode", "none")
+
+    @property
+    def distilled(self) -> bool:
+        return bool((self.architecture or {}).get("distilled"))
+
+    def file(self, role: str = "onnx") -> str:
+        """The published file name of `role` ("onnx": the recipe's artifact, "fp32_onnx", "torch")."""
+        return self.artifacts[role].file
 
     def role_of(self, file_name: str) -> tuple[str, ArtifactRecord] | None:
         return next(((role, r) for role, r in self.artifacts.items() if r.file == file_name), None)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitdeploy.bench import measure as B
+from vitdeploy.core.contract import BuildManifest
 from vitdeploy.core.errors import UserError
 from vitdeploy.core.providers import get_provider
 from vitdeploy.delivery.manifests import current_manifest
@@ -44,17 +45,16 @@ class PaperRow:
 PAPER = {key: PaperRow(**row) for key, row in SURVEY["rows"].items()}
 
 
-def method_of(manifest: dict) -> tuple[str, str]:
+def method_of(manifest: BuildManifest) -> tuple[str, str]:
     """(key into PAPER or '', a short description) from what the recipe did."""
-    stages = manifest["stages"]
-    kinds = [s["stage"] for s in stages]
-    mode = manifest["quantize"]["mode"] if manifest.get("quantize") else "none"
-    distilled = manifest["model"]["architecture"]["distilled"]
+    stages = manifest.stages
+    kinds = [s.stage for s in stages]
+    mode, distilled = manifest.quantize_mode, manifest.distilled
     if "nystrom" in kinds:
-        m = next(s["config"]["landmarks"] for s in stages if s["stage"] == "nystrom")
+        m = next(s.config["landmarks"] for s in stages if s.stage == "nystrom")
         return f"nystrom_{m}", f"Nyström m = {m}"
     if "prune" in kinds:
-        cfg = next(s["config"] for s in stages if s["stage"] == "prune")
+        cfg = next(s.config for s in stages if s.stage == "prune")
         if cfg.get("ratio") is not None and not cfg.get("embed_ratio"):
             return f"prune_{cfg['ratio']}", f"pruning r = {cfg['ratio']}"
         if distilled:
@@ -74,7 +74,7 @@ def method_of(manifest: dict) -> tuple[str, str]:
 @dataclass
 class Row:
     name: str
-    manifest: dict
+    manifest: BuildManifest
     onnx: Path
     method_key: str = ""
     method: str = ""
@@ -82,18 +82,16 @@ class Row:
 
     @property
     def top1(self) -> float:
-        top1 = self.manifest["evaluate"]["top1"]
-        return top1.get("onnx_int8", top1["onnx_fp32"])
+        return self.manifest.artifact_top1
 
     @property
     def size_bytes(self) -> int:
-        return self.manifest["sizes_bytes"]["onnx"]
+        return self.manifest.sizes["onnx"]
 
     @property
     def paper(self) -> PaperRow | None:
         """The survey's row for this method, when the artifact was scored on the survey's dataset."""
-        data = self.manifest.get("recipe", {}).get("resolved", {}).get("data", {})
-        return PAPER.get(self.method_key) if data.get("dataset") == SURVEY["dataset"] else None
+        return PAPER.get(self.method_key) if self.manifest.dataset == SURVEY["dataset"] else None
 
 
 def compares_with_survey(rows: list[Row]) -> bool:
@@ -112,12 +110,12 @@ def collect(recipe_paths: list[Path], build: Builder | None) -> tuple[list[Row],
         recipe = load_recipe(path)
         manifest = current_manifest(recipe)
         if manifest is None and build is not None:
-            manifest = build(recipe, Path(path).resolve())
+            manifest = BuildManifest.from_dict(build(recipe, Path(path).resolve()), str(path))
         if manifest is None:
             notes.append(f"{recipe.artifact_name}: no current artifact (recipe changed or never built); left out")
             continue
         key, method = method_of(manifest)
-        onnx = recipe.output.dir / manifest["artifacts"]["onnx"]["file"]
+        onnx = recipe.output.dir / manifest.file("onnx")
         rows.append(Row(recipe.artifact_name, manifest, onnx, key, method))
     if not rows:
         raise UserError("no artifact to report: build the recipes first, or leave out --no-build")
@@ -173,12 +171,12 @@ def table_rows(rows: list[Row], baseline: Row, providers: tuple[str, ...], batch
             for b in batches:
                 s = r.speed.get(provider, {}).get(b)
                 cells.append("" if s is None else f"{s['img_s']:,.0f} ({s['vs_baseline']:.2f}x)")
-        m = r.manifest["model"]
+        m = r.manifest
         cells += [
             f"{r.size_bytes / 1e6:.2f}",
             f"{r.size_bytes / base_bytes:.0%}",
-            f"{m['parameters'] / 1e6:.2f} M",
-            f"{m['macs'] / 1e6:.0f} M",
+            f"{m.parameters / 1e6:.2f} M",
+            f"{m.macs / 1e6:.0f} M",
         ]
         out.append(cells)
     return out
@@ -291,8 +289,8 @@ def write(rows: list[Row], baseline: Row, env: dict, out: Path, providers, batch
             {
                 "name": r.name, "method": r.method, "top1": r.top1, "delta_pt": 100 * (r.top1 - baseline.top1),
                 "paper": None if r.paper is None else r.paper.__dict__ | {"delta_pt": r.paper.delta},
-                "speed": r.speed, "size_bytes": r.size_bytes, "parameters": r.manifest["model"]["parameters"],
-                "macs": r.manifest["model"]["macs"], "manifest": r.manifest,
+                "speed": r.speed, "size_bytes": r.size_bytes, "parameters": r.manifest.parameters,
+                "macs": r.manifest.macs, "manifest": r.manifest.raw,
             }
             for r in rows
         ],
@@ -313,11 +311,10 @@ def reuse_timings(out: Path, rows: list[Row]) -> dict | None:
     by_name = {r["name"]: r for r in earlier.get("rows", [])}
     for row in rows:
         old = by_name.get(row.name)
-        if (
-            old is None
-            or not old.get("speed")
-            or old["manifest"]["artifacts"]["onnx"]["sha256"] != row.manifest["artifacts"]["onnx"]["sha256"]
-        ):
+        if old is None or not old.get("speed"):
+            return None
+        timed = BuildManifest.from_dict(old["manifest"], str(path)).artifacts["onnx"].sha256
+        if timed != row.manifest.artifacts["onnx"].sha256:
             return None
     for row in rows:
         row.speed = {p: {int(b): v for b, v in d.items()} for p, d in by_name[row.name]["speed"].items()}

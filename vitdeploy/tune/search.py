@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from vitdeploy.core.batching import calibration_batch, evaluation_batch
+from vitdeploy.core.contract import BuildManifest
 from vitdeploy.core.errors import BuildError, UserError
 from vitdeploy.core.progress import console
 from vitdeploy.core.providers import REFERENCE, get_provider, recipe_targets, target_provider
@@ -313,15 +314,15 @@ def build_one(
     r = candidate_recipe(recipe, candidate, validation, providers)
     t = Tried(candidate, r.artifact_name)
     try:
-        manifest = reuse_manifest(r) or build(r, recipe_path, device)
+        manifest = reuse_manifest(r) or BuildManifest.from_dict(build(r, recipe_path, device), r.artifact_name)
     except (BuildError, UserError) as err:
         t.error, t.verdict = str(err), f"failed: {err}"
         return t
-    record = manifest["artifacts"]["onnx"]
-    t.top1 = round(100 * manifest["runtimes"][scoring_runtime(providers)]["top1"], 2)
-    t.file, t.sha256, t.bytes = str(r.output.dir / record["file"]), record["sha256"], record["bytes"]
-    if "fp32_onnx" in manifest["artifacts"]:
-        t.fp32_file = str(r.output.dir / manifest["artifacts"]["fp32_onnx"]["file"])
+    record = manifest.artifacts["onnx"]
+    t.top1 = round(100 * manifest.runtime_top1[scoring_runtime(providers)], 2)
+    t.file, t.sha256, t.bytes = str(r.output.dir / record.file), record.sha256, record.bytes
+    if "fp32_onnx" in manifest.artifacts:
+        t.fp32_file = str(r.output.dir / manifest.file("fp32_onnx"))
     return t
 
 
@@ -426,8 +427,8 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
 TOOLS = ("vitdeploy_source", "torch", "timm", "onnx", "onnxruntime", "openvino")  # what makes a build's files
 
 
-def made_by(manifest: dict) -> tuple:
-    return tuple(manifest.get("environment", {}).get(k) for k in TOOLS)
+def made_by(manifest: BuildManifest) -> tuple:
+    return tuple(manifest.environment.get(k) for k in TOOLS)
 
 
 def made_by_now(r: Recipe) -> tuple:
@@ -436,7 +437,7 @@ def made_by_now(r: Recipe) -> tuple:
     return tuple(environment(list(r.runtimes)).get(k) for k in TOOLS)
 
 
-def reuse_manifest(r: Recipe) -> dict | None:
+def reuse_manifest(r: Recipe) -> BuildManifest | None:
     """The manifest of an earlier build of exactly this candidate, if its files are unchanged and
     the same code and libraries would make them."""
     from vitdeploy.delivery.manifests import current_manifest
@@ -487,14 +488,14 @@ def build_tuned(tuned: Path, device: Any, runtime: str, fp32: Path | None = None
 
     console.rule("[bold]tune: building the chosen recipe (scored on the test split)")
     r = load_recipe(tuned)
-    manifest = reuse_manifest(r) or build(r, tuned.resolve(), device)
-    reference = manifest["evaluate"]["top1"]["onnx_fp32"] if fp32 is None else top1_on_test_images(r, fp32, runtime)
-    final = manifest["runtimes"][runtime]["top1"]
+    manifest = reuse_manifest(r) or BuildManifest.from_dict(build(r, tuned.resolve(), device), str(tuned))
+    reference = manifest.top1["onnx_fp32"] if fp32 is None else top1_on_test_images(r, fp32, runtime)
+    final = manifest.runtime_top1[runtime]
     return {
-        "artifact": str(r.output.dir / manifest["artifacts"]["onnx"]["file"]),
+        "artifact": str(r.output.dir / manifest.file("onnx")),
         "test_top1_fp32": round(100 * reference, 2),
         "test_top1": round(100 * final, 2),
         "test_drop": round(100 * (reference - final), 2),
         "split": r.data.eval_split,
-        "sha256": sha256_file(r.output.dir / manifest["artifacts"]["onnx"]["file"]),
+        "sha256": sha256_file(r.output.dir / manifest.file("onnx")),
     }
