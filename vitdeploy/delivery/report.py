@@ -200,7 +200,7 @@ def markdown(rows, baseline, env, providers, batches, notes) -> str:
     isa = ", ".join(k for k, v in env.get("cpu_isa", {}).items() if v)
     intro = (
         f"# vitdeploy report\n\nBaseline: `{baseline.name}` ({100 * baseline.top1:.2f} % top-1). Δ: each artifact's top-1 minus "
-        f"the baseline's, on {baseline.manifest['evaluate']['images']:,} `{baseline.manifest['evaluate']['split']}` images"
+        f"the baseline's, on {baseline.manifest.images:,} `{baseline.manifest.split}` images"
         + (f"; the paper's Δ is against its ViT-B baseline ({PAPER_BASELINE_TOP1} %)" if survey else "")
         + ". Throughput: batch / median latency, "
         f"{env['config']['rounds']} paired rounds; (×) is the speedup over the baseline paired round by round.\n\n"
