@@ -10,6 +10,9 @@ at a time by its neighbours; the median ignores those stalls where the mean abso
 With `rounds > 1` every cell is measured that many times, round-robin over the grid, so
 slow drift of the machine hits all models alike; the median round is reported and the
 spread between rounds is kept beside it. The mean-based figure is kept as well.
+
+Over 500 lines: the timing grid, paired rounds, memory and the accuracy column, which share the
+Result record. The next split: the accuracy column (add_accuracy) beside bench's table.
 """
 
 from __future__ import annotations

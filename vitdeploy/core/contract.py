@@ -109,6 +109,12 @@ class ArtifactRecord:
     bytes: int | None = None
 
 
+def artifact_top1(top1: Mapping[str, float]) -> float | None:
+    """The one rule for a build's own top-1 (the build's scores by file: "onnx_fp32", "onnx_int8"):
+    its INT8 model's when it quantized, else its FP32 file's."""
+    return top1.get("onnx_int8", top1.get("onnx_fp32"))
+
+
 @dataclass(frozen=True)
 class StageRecord:
     stage: str  # "prune", "distill", ...
@@ -173,9 +179,9 @@ class BuildManifest:
             raise UserError(f"{where}: not a vitdeploy build manifest ({type(err).__name__}: {err})") from None
 
     @property
-    def artifact_top1(self) -> float:
+    def artifact_top1(self) -> float | None:
         """The recipe's artifact's top-1: its INT8 model when quantized, else its FP32 file."""
-        return self.top1.get("onnx_int8", self.top1["onnx_fp32"])
+        return artifact_top1(self.top1)
 
     @property
     def quantize_mode(self) -> str:
@@ -194,5 +200,4 @@ class BuildManifest:
 
     def top1_of(self, role: str) -> float | None:
         """The top-1 of the file in `role`: the recipe's artifact is its INT8 model when quantized."""
-        fp32 = self.top1.get("onnx_fp32")
-        return self.top1.get("onnx_int8", fp32) if role == "onnx" else fp32
+        return artifact_top1(self.top1) if role == "onnx" else self.top1.get("onnx_fp32")

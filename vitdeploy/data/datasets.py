@@ -10,6 +10,9 @@ is 150 KB an image (10,000 images: 1.5 GB), so neither decoding nor evaluation h
 split in memory; the pages a batch reads are the page cache's to keep or drop.
 
 This module does not import torch: the ONNX runtime path (`vitdeploy bench --data`) uses it.
+
+Over 500 lines: decoding, the cache and preprocessing share the ImageSet record and the cache's
+format. The next split: preprocessing into its own module.
 """
 
 from __future__ import annotations

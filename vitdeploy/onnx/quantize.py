@@ -6,6 +6,9 @@ the activation x activation attention MatMuls (q k^T, attn v) are excluded becau
 QDQ would quantize the Softmax between them (measured 10.3 ms vs 1.6 ms on vit_base b1).
 `quantize.attention` quantizes them the way OpenVINO runs fast (`onnx/attention_qdq.py`): on
 ViT-B/16 at 224x224, 1.10x / 1.11x NNCF's INT8 at batch 1 / 8 (OpenVINO, 2-core Intel Xeon).
+
+Over 500 lines: ONNX Runtime's quantizer and what vitdeploy adds around it (calibration of only the
+tensors read, scratch on the output's disk, dynamic nodes). The next split: calibration.
 """
 
 from __future__ import annotations

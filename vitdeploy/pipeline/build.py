@@ -4,6 +4,9 @@ Intermediate files live in `<output.dir>/.work/<name>/`; stage outputs there are
 when the model, its weights and the stages so far are unchanged. Final artifacts are
 renamed into `<output.dir>` only after every gate passed, and the manifest is written last,
 so a failed or interrupted build leaves no half-written artifact behind.
+
+Over 500 lines: the build's steps in the order they run, each a short function; its export cache
+is already its own module. The next split: the publishing step (stage_files, publish) into its own.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import nn
 
 from vitdeploy import __version__
 from vitdeploy.core.batching import calibration_batch, evaluation_batch
-from vitdeploy.core.contract import InputContract
+from vitdeploy.core.contract import InputContract, artifact_top1
 from vitdeploy.core.errors import BuildError
 from vitdeploy.core.locking import exclusive
 from vitdeploy.core.memory import release_freed_memory
@@ -570,7 +573,7 @@ def check_runtimes(
         if foreign and provider.standard_ops_only:
             raise BuildError(f"runtime {runtime}: the artifact holds non-standard operators {foreign}; no artifact written")
         if provider.is_reference:  # what the build measured on ONNX Runtime, reused
-            final_top1 = top1.get("onnx_int8", top1["onnx_fp32"])
+            final_top1 = artifact_top1(top1)
             parity = fp32_parity if int8 is None else check_parity(reference, final, parity_set, pre, size)
         else:
             try:

@@ -4,6 +4,9 @@ This module is the single source of truth for every option. It imports no torch,
 `vitdeploy check` is fast. Stage configurations form a discriminated union on the `stage`
 key: a new compression stage adds one config class here (and registers its function in
 `vitdeploy.torch.stages`), and the recipe's `stages:` list maps straight to code.
+
+Over 500 lines on purpose: every section of a recipe, its validators and its reference text stay in
+one file, the single place to read what a recipe may say.
 """
 
 from __future__ import annotations
@@ -360,6 +363,10 @@ ORT_QUANTIZER_OPTIONS = frozenset({
 ORT_CALIBRATION_OPTIONS = frozenset({"method", "percentile", "batch_size", "minmax_stride_batches"})
 
 
+# The quantize fields only static quantization reads: refused with mode dynamic, left out of tune's dynamic candidates.
+STATIC_ONLY_FIELDS = frozenset({"format", "calibration", "activation_type", "quantize_outputs", "dynamic_nodes", "attention"})
+
+
 class QuantizeSpec(Section):
     added_options: ClassVar[frozenset[str]] = frozenset({"backend", "dynamic_nodes", "nncf_max_drop", "attention"})
 
@@ -444,7 +451,7 @@ class QuantizeSpec(Section):
         given = {f for f in self.model_fields_set - {"mode"} if getattr(self, f) != getattr(defaults, f)}
         if self.mode == "none" and given:
             raise ValueError(f"mode is none, so {', '.join(sorted(given))} would be ignored; set a mode or drop them")
-        static_only = given & {"format", "calibration", "activation_type", "quantize_outputs", "dynamic_nodes", "attention"}
+        static_only = given & STATIC_ONLY_FIELDS
         if self.smooth_alpha or self.bias_correction:
             static_only -= {"calibration"}  # its images serve smoothing and bias correction in any mode
         if self.mode == "dynamic" and static_only:

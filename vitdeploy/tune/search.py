@@ -32,7 +32,7 @@ from vitdeploy.recipe.schema import DataSpec, Recipe
 from vitdeploy.tune.record import Tried
 from vitdeploy.tune.settle import choose, mark_borderline, run_off_leaders, runoff_cap
 from vitdeploy.tune.space import Candidate, candidates, student_candidates
-from vitdeploy.tune.timing import measure_speeds, read_earlier
+from vitdeploy.tune.timing import earlier_runoff, measure_speeds, read_earlier
 
 
 @dataclass(frozen=True)
@@ -217,19 +217,6 @@ def tune(recipe: Recipe, recipe_path: Path, settings: TuneSettings, device: Any)
     report["total_s"] = round(time.perf_counter() - started, 1)
     write_json_atomic(report_path, report)
     return report
-
-
-def earlier_runoff(path: Path, settings: TuneSettings) -> dict | None:
-    """The run-off record of an earlier tune in this folder, when it timed the same cells."""
-    import json
-
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    cells = ("providers", "batches", "threads")
-    same = all(old.get("settings", {}).get(k) == json.loads(json.dumps(asdict(settings)[k])) for k in cells)
-    return old.get("runoff") if same else None
 
 
 def score_losses(recipe: Recipe, baseline: Tried, built: list[Tried], validation: Validation, settings: TuneSettings,

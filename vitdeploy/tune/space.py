@@ -12,10 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vitdeploy.recipe.schema import QuantizeSpec, Recipe
+from vitdeploy.recipe.schema import STATIC_ONLY_FIELDS, QuantizeSpec, Recipe
 
-# Fields of QuantizeSpec that only static quantization reads; a dynamic candidate leaves them out.
-STATIC_ONLY = {"format", "calibration", "activation_type", "quantize_outputs"}
 DEFAULT_CALIBRATION = {"method": "minmax", "samples": 256}
 
 
@@ -42,7 +40,8 @@ def shared_settings(recipe: Recipe) -> dict[str, Any]:
     spec = recipe.quantize
     if spec.mode == "none":
         return {}
-    varied = {"mode", "max_accuracy_drop", "smooth_alpha", "bias_correction", "per_channel", "attention"} | STATIC_ONLY
+    # The static-only fields too: the search sets them per candidate (a dynamic one has none).
+    varied = {"mode", "max_accuracy_drop", "smooth_alpha", "bias_correction", "per_channel"} | STATIC_ONLY_FIELDS
     return {k: v for k, v in spec.model_dump(mode="json", exclude_defaults=True).items() if k not in varied}
 
 

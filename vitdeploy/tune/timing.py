@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,3 +99,16 @@ def read_earlier(path: Path) -> dict:
         return {}
     threads = old.get("settings", {}).get("threads")
     return {(c["sha256"], s["provider"], s["batch"], threads): s for c in old.get("candidates", []) for s in c.get("speed", [])}
+
+
+def earlier_runoff(path: Path, settings: TuneSettings) -> dict | None:
+    """The run-off record of an earlier tune in this folder, when it timed the same cells."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    cells = ("providers", "batches", "threads")
+    same = all(old.get("settings", {}).get(k) == json.loads(json.dumps(asdict(settings)[k])) for k in cells)
+    return old.get("runoff") if same else None
