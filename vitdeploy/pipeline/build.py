@@ -278,7 +278,7 @@ def build_locked(
     """`build`, with the recipe's lock held."""
     started = time.perf_counter()
     timer = Timer()
-    declared, recipe = recipe, with_weights_preprocess(recipe)  # the manifest names the recipe as written
+    declared, recipe = recipe, resolve(recipe)  # the manifest names the recipe as written
     if fresh:
         remove_work(recipe)
     remove_stale_temporaries(recipe)
@@ -501,6 +501,13 @@ def uses_calibration(recipe: Recipe) -> bool:
     """Static scales, SmoothQuant and bias correction all read the calibration images."""
     q = recipe.quantize
     return q.mode == "static" or (q.mode != "none" and bool(q.smooth_alpha or q.bias_correction))
+
+
+def resolve(recipe: Recipe) -> Recipe:
+    """The recipe as a build runs it: its preprocessing decided once, in one order (the recipe's
+    `data.preprocess` > the weights' timm `pretrained_cfg` > the defaults). Whatever reads images
+    the way a build did (tune's scoring, its sensitivity ranking) starts from this."""
+    return with_weights_preprocess(recipe)
 
 
 def calibration_images(recipe: Recipe, img_size: int) -> PreprocessedImages:

@@ -227,9 +227,10 @@ def score_losses(recipe: Recipe, baseline: Tried, built: list[Tried], validation
     from vitdeploy.data.classes import decode_size
     from vitdeploy.data.datasets import load_split
     from vitdeploy.onnx.graph import token_count
+    from vitdeploy.pipeline.build import resolve
     from vitdeploy.tune.settle import add_drop_intervals
 
-    r = candidate_recipe(recipe, baseline.candidate, validation, settings.providers)
+    r = resolve(candidate_recipe(recipe, baseline.candidate, validation, settings.providers))
     images = load_split(r.data, r.data.eval_split, decode_size(r)).subset(r.evaluate.samples)
     batch = evaluation_batch(token_count(onnx.load(baseline.file, load_external_data=False)), r.evaluate.batch_size)
     add_drop_intervals(baseline, built, images, scoring_provider(settings.providers), batch, folder / "predictions")
@@ -321,8 +322,10 @@ def top1_on_test_images(r: Recipe, fp32: Path, runtime: str) -> float:
     from vitdeploy.data.datasets import load_split
     from vitdeploy.data.scoring import predict_accuracy
     from vitdeploy.onnx.graph import read_preprocess, token_count
+    from vitdeploy.pipeline.build import resolve
     from vitdeploy.runtime.sessions import open_predictor
 
+    r = resolve(r)  # decoded as its build decoded them
     graph = onnx.load(str(fp32), load_external_data=False)
     pre, size = read_preprocess(graph)
     images = load_split(r.data, r.data.eval_split, decode_size(r)).subset(r.evaluate.samples)
@@ -401,6 +404,9 @@ def sensitivity_ranking(r: Recipe, fp32: Path) -> list[tuple[str, ...]]:
             return [tuple(row["nodes"]) for row in old["layers"]]
     import onnx
 
+    from vitdeploy.pipeline.build import resolve
+
+    r = resolve(r)  # calibration images preprocessed, and held-out ones decoded, as the build did
     graph = onnx.load(str(fp32), load_external_data=False)
     pre, size = read_preprocess(graph)
     batch = calibration_batch(token_count(graph), r.quantize.calibration.batch_size)
