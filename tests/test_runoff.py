@@ -3,6 +3,8 @@ files timed by the same bench rounds tune uses."""
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +18,15 @@ from vitdeploy.tune.settle import tie_break
 from vitdeploy.tune.space import Candidate
 
 
-def timer_for(speeds: dict[Path, float], noise: float = 0.01, calls: list | None = None):
-    """Paired rounds of files whose true speeds are known, with alternating noise of `noise`."""
+def timer_for(speeds: dict[Path, float], noise: float = 0.01, calls: list | None = None, seconds: float = 0.0):
+    """Paired rounds of files whose true speeds are known, with alternating noise of `noise` (in
+    logs, so it averages out), each block taking `seconds`."""
 
     def time_pairs(leader: Path, files: list[Path], rounds: int) -> dict[Path, list[float]]:
         if calls is not None:
             calls.append((leader, tuple(files)))
-        return {f: [speeds[f] / speeds[leader] * (1 + noise * (-1) ** k) for k in range(rounds)] for f in files}
+        time.sleep(seconds)
+        return {f: [speeds[f] / speeds[leader] * math.exp(noise * (-1) ** k) for k in range(rounds)] for f in files}
 
     return time_pairs
 
@@ -115,3 +119,25 @@ def test_a_tie_goes_to_the_smaller_file_then_to_fewer_runtime_needs(tmp_path: Pa
     assert tie_break([t("big", big, 0.0), t("small", small, 0.3)]).name == "small"
     assert tie_break([t("contrib", contrib, 0.0), t("small", small, 0.3)]).name == "small"  # same size, no contrib op
     assert tie_break([t("a", small, 0.3), t("b", small, 0.1)]).name == "b"  # same file size and needs: the smaller loss
+
+
+def test_a_tie_measured_slower_leaves_the_win_to_the_leader(tmp_path: Path) -> None:
+    from vitdeploy.tune.record import Speed
+    from vitdeploy.tune.settle import settle
+
+    def t(name: str, file: Path, drop: float, speed: float) -> Tried:
+        found = Tried(Candidate(name, name), name, drop=drop, file=str(file), bytes=file.stat().st_size, sha256=name)
+        found.speeds = [Speed("cpu", 1, speed, speed * 0.7, speed * 1.3, 100.0, "now")]
+        return found
+
+    contrib = t("dynamic", _matmuls(tmp_path / "d.onnx", 2, contrib=True), 0.0, 1.4)
+    slower_std = t("static", _matmuls(tmp_path / "s.onnx", 2), 0.0, 1.2)
+    level_std = t("static-b", _matmuls(tmp_path / "b.onnx", 2), 0.1, 1.3)
+    speeds = {Path(contrib.file): 1.0, Path(slower_std.file): 0.85, Path(level_std.file): 0.995}
+    noisy = timer_for(speeds, noise=0.4, seconds=0.2)  # one block fits the cap, too noisy to decide: ties
+    winner, result = settle(contrib, [contrib, slower_std, level_std], None, noisy, cap_s=0.3)
+    assert result.outcome == {"static": "tie", "static-b": "tie"} and result.capped
+    # the tie measured as fast as the leader takes it (no contrib operator); the slower one cannot
+    assert winner is level_std
+    winner, _ = settle(contrib, [contrib, slower_std], None, noisy, cap_s=0.3)
+    assert winner is contrib
