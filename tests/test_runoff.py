@@ -141,3 +141,22 @@ def test_a_tie_measured_slower_leaves_the_win_to_the_leader(tmp_path: Path) -> N
     assert winner is level_std
     winner, _ = settle(contrib, [contrib, slower_std], None, noisy, cap_s=0.3)
     assert winner is contrib
+
+
+def test_a_borderline_loss_says_what_the_other_decision_would_change() -> None:
+    from vitdeploy.tune.confidence import DropInterval
+    from vitdeploy.tune.record import Speed
+    from vitdeploy.tune.settle import mark_borderline
+
+    def t(name: str, drop: float, low: float, high: float, speed: float) -> Tried:
+        found = Tried(Candidate(name, name), name, drop=drop, drop_interval=DropInterval(drop, low, high, 1000))
+        found.speeds = [Speed("cpu", 1, speed, speed, speed, 1.0, "now")]
+        return found
+
+    winner, runner_up = t("win", 0.2, -0.1, 0.5, 1.5), t("second", 0.0, -0.3, 0.3 + 0.01, 1.3)
+    sure, over_but_fast = t("sure", 0.0, -0.1, 0.1, 1.2), t("lossy", 0.4, 0.1, 0.7, 2.0)
+    mark_borderline([winner, runner_up, sure, over_but_fast], [winner, runner_up], winner, max_drop=0.3)
+    assert "counted over it, second would be chosen" in winner.what_if
+    assert "counted over it, the choice is unchanged" in runner_up.what_if
+    assert sure.what_if is None  # its interval lies within the budget
+    assert "counted within it, it would be a finalist (2.00x FP32)" in over_but_fast.what_if

@@ -56,7 +56,7 @@ def mark_borderline(tried: list[Tried], eligible: list[Tried], winner: Tried, ma
             rest = [e for e in eligible if e is not t]
             other = max(rest, key=lambda e: e.speedup()).name if rest else "FP32"
             t.what_if = f"loss {interval} straddles the budget: counted over it, {other} would be chosen"
-        elif t in eligible:
+        elif t.drop is not None and t.drop <= max_drop:  # within it, chosen or not for its speed
             t.what_if = f"loss {interval} straddles the budget: counted over it, the choice is unchanged"
         else:
             faster = t.speedup() > winner.speedup()
