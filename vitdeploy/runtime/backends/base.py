@@ -58,8 +58,19 @@ class Backend(ABC):
     """A runtime as vitdeploy uses it."""
 
     @abstractmethod
+    def require(self, provider: Provider) -> None:
+        """Raise ProviderUnavailable when `provider` cannot run here (not installed, the CPU lacks
+        what it needs), with the line that says what to install."""
+
     def missing_reason(self, provider: Provider) -> str | None:
-        """Why `provider` cannot run here (not installed, the CPU lacks what it needs), or None."""
+        """Why `provider` cannot run here, or None."""
+        from vitdeploy.runtime.sessions import ProviderUnavailable
+
+        try:
+            self.require(provider)
+        except ProviderUnavailable as err:
+            return str(err)
+        return None
 
     @abstractmethod
     def version(self) -> str | None:

@@ -136,12 +136,8 @@ def static_dims(partial_shape) -> tuple:
 
 
 class OpenVinoCpu(Backend):
-    def missing_reason(self, provider: Provider) -> str | None:
-        try:
-            require(provider)
-        except ProviderUnavailable as err:
-            return str(err)
-        return None
+    def require(self, provider: Provider) -> None:
+        require(provider)
 
     def version(self) -> str | None:
         return version()

@@ -13,16 +13,12 @@ import onnxruntime as ort
 
 from vitdeploy.core.providers import Provider
 from vitdeploy.runtime.backends.base import Backend, Predictor, TimedModel, TimingSettings
-from vitdeploy.runtime.sessions import ProviderUnavailable, open_session, require_execution_provider
+from vitdeploy.runtime.sessions import open_session, require_execution_provider
 
 
 class OnnxRuntimeCpu(Backend):
-    def missing_reason(self, provider: Provider) -> str | None:
-        try:
-            require_execution_provider(provider)
-        except ProviderUnavailable as err:
-            return str(err)
-        return None
+    def require(self, provider: Provider) -> None:
+        require_execution_provider(provider)
 
     def version(self) -> str | None:
         return ort.__version__
